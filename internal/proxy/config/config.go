@@ -1,0 +1,134 @@
+// Package config is the proxy's runtime configuration: the immutable value the
+// data path reads, built from the xDS resources the proxy accepted. The xDS
+// client (proxy/xdsclient) builds it; the data path (package proxy) publishes
+// each new one through an atomic pointer and never mutates it.
+package config
+
+import (
+	"regexp"
+	"time"
+)
+
+// Snapshot is one complete, consistent configuration. It is immutable once
+// built and safe to share between goroutines.
+type Snapshot struct {
+	// Versions is the accepted version_info per xDS type URL.
+	Versions  map[string]string
+	Listeners []*Listener
+	// Routes by route configuration name.
+	Routes map[string]*RouteTable
+	// Clusters by name, with endpoints merged in from EDS.
+	Clusters map[string]*Cluster
+}
+
+// ListenerKind says how a listener treats its connections.
+type ListenerKind int
+
+const (
+	// ListenerHTTP parses HTTP/1.1 and HTTP/2 (prior knowledge and h2c upgrade)
+	// and routes each request.
+	ListenerHTTP ListenerKind = iota + 1
+	// ListenerTCP proxies bytes to one cluster.
+	ListenerTCP
+)
+
+// Listener is one socket the proxy accepts on.
+type Listener struct {
+	Name string
+	// Address is host:port.
+	Address string
+	Kind    ListenerKind
+	// RouteName names the route table (ListenerHTTP).
+	RouteName string
+	// Cluster is the destination (ListenerTCP).
+	Cluster string
+	// StatPrefix labels the listener's metrics.
+	StatPrefix string
+}
+
+// RouteTable is a route configuration: virtual hosts chosen by Host/:authority.
+type RouteTable struct {
+	Name         string
+	VirtualHosts []*VirtualHost
+}
+
+// VirtualHost is a set of domains and their ordered routes; the first matching
+// route wins.
+type VirtualHost struct {
+	Name    string
+	Domains []string // "*" matches any host
+	Routes  []*Route
+}
+
+// Route is one match and its action.
+type Route struct {
+	Name  string
+	Match RouteMatch
+	// Clusters receive the request in proportion to Weight.
+	Clusters []WeightedCluster
+	// TotalWeight is the sum of Clusters' weights.
+	TotalWeight uint32
+	// Timeout bounds the whole request; zero means none.
+	Timeout time.Duration
+}
+
+// RouteMatch: every present condition must hold.
+type RouteMatch struct {
+	// Exactly one of Prefix, Path, Regex is set ("/" prefix when all empty).
+	Prefix string
+	Path   string
+	Regex  *regexp.Regexp
+	// Headers include ":method" for method matches.
+	Headers []HeaderMatch
+}
+
+// HeaderMatch matches one header (lower-case name).
+type HeaderMatch struct {
+	Name    string
+	Exact   string
+	Regex   *regexp.Regexp
+	Present bool
+	Invert  bool
+}
+
+// WeightedCluster is one backend of a route.
+type WeightedCluster struct {
+	Name   string
+	Weight uint32
+}
+
+// UpstreamProtocol is how the proxy speaks to a cluster's endpoints.
+type UpstreamProtocol int
+
+const (
+	UpstreamHTTP1 UpstreamProtocol = iota + 1
+	// UpstreamHTTP2 is HTTP/2 with prior knowledge (h2c until mTLS).
+	UpstreamHTTP2
+	UpstreamTCP
+)
+
+// LBPolicy picks an endpoint.
+type LBPolicy int
+
+const (
+	LBRoundRobin LBPolicy = iota + 1
+	LBLeastRequest
+)
+
+// Cluster is a set of endpoints and how to reach them.
+type Cluster struct {
+	Name           string
+	Protocol       UpstreamProtocol
+	LB             LBPolicy
+	ConnectTimeout time.Duration
+	// Endpoints are the healthy endpoints only; the data path never sees an
+	// unhealthy one.
+	Endpoints []Endpoint
+}
+
+// Endpoint is one upstream address.
+type Endpoint struct {
+	// Address is host:port.
+	Address string
+	Weight  uint32
+}

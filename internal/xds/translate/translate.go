@@ -1,0 +1,52 @@
+// Package translate turns mesh resources into Envoy xDS v3 resources. It is the
+// one translation in Verge: the Verge proxy, Envoy and proxyless gRPC all
+// consume its output. It is a pure core: it takes values, never a store or a
+// clock, and the same input always gives the same output (sorted, stable), so
+// golden files under testdata/ pin it.
+//
+// Naming (relied on by the proxy, tests and docs):
+//   - Service port cluster, EDS name and route config: "NAME.NS.mesh:PORT".
+//   - Proxyless gRPC api listener: "NAME.NS.mesh:PORT" (the xds:/// target).
+//   - Verge proxy outbound listener: "outbound:LOCALPORT"; inbound listener
+//     and its local cluster: "inbound:APPPORT".
+package translate
+
+import (
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	"verge.dev/verge/api/v1alpha1"
+)
+
+// Health is a workload's runtime health as the control plane sees it.
+type Health int
+
+const (
+	// HealthUnknown is treated as healthy: a workload without a proxy has no
+	// one to report for it.
+	HealthUnknown Health = iota
+	HealthHealthy
+	HealthUnhealthy
+)
+
+// Mesh is the translator's input: every stored resource (already defaulted
+// and validated) and the runtime health of workloads. The translator does not
+// modify it.
+type Mesh struct {
+	Services   []*v1alpha1.Service
+	Workloads  []*v1alpha1.Workload
+	HTTPRoutes []*v1alpha1.HTTPRoute
+	GRPCRoutes []*v1alpha1.GRPCRoute
+	// Health by "namespace/name" of the workload; absent means HealthUnknown.
+	Health map[string]Health
+}
+
+// Resources is the xDS resources for one client, each list sorted by name.
+type Resources struct {
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+}
