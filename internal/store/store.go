@@ -56,7 +56,9 @@ type Event struct {
 }
 
 // Store is the interface every backend implements. Keys are slash-separated
-// paths ("/verge.dev/services/default/web"); a prefix ends with "/".
+// paths that start with "/" ("/verge.dev/services/default/web"); a prefix
+// ends with "/", and the empty prefix means every key. Backends refuse keys
+// and non-empty prefixes that do not start with "/".
 // All methods are safe for concurrent use; returned slices are owned by the
 // caller.
 type Store interface {
@@ -69,19 +71,25 @@ type Store interface {
 	// returns the new revision.
 	Create(ctx context.Context, key string, value []byte) (revision int64, err error)
 	// Update writes key. With expectRevision > 0 the write happens only if
-	// the key's ModRevision equals it (ErrConflict otherwise); with 0 it
-	// creates or overwrites unconditionally. Returns the new revision.
+	// the key's ModRevision equals it (ErrConflict otherwise, also when the
+	// key is absent); with 0 it creates or overwrites unconditionally.
+	// Returns the new revision.
 	Update(ctx context.Context, key string, value []byte, expectRevision int64) (revision int64, err error)
-	// Delete removes key (ErrNotFound if absent), with the same
-	// expectRevision rule as Update. Returns the revision of the delete.
+	// Delete removes key (ErrNotFound if absent, whatever expectRevision),
+	// with the same expectRevision rule as Update. Returns the revision of
+	// the delete.
 	Delete(ctx context.Context, key string, expectRevision int64) (revision int64, err error)
 	// Watch streams changes to keys under prefix with revisions greater than
 	// afterRevision. The channel is closed when ctx ends or the watch fails;
 	// the error, if any, is then reported by the function returned as errf
-	// (ErrCompacted when afterRevision is too old). A slow reader is not
-	// allowed to block writers: a backend that cannot keep up closes the
-	// channel and reports ErrCompacted.
+	// (ErrCompacted when afterRevision is too old; it is never returned as
+	// err, which is only for a bad prefix or a closed store). Cancelling ctx
+	// closes the channel and errf reports nil. A slow reader is not allowed
+	// to block writers: a backend that cannot keep up closes the channel and
+	// reports ErrCompacted. One goroutine per watch, owned by the backend,
+	// ends before Close returns.
 	Watch(ctx context.Context, prefix string, afterRevision int64) (events <-chan Event, errf func() error, err error)
-	// Close releases the backend.
+	// Close ends every watch, then releases the backend. A second call
+	// returns nil.
 	Close() error
 }
