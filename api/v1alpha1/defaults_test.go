@@ -1,0 +1,244 @@
+package v1alpha1
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+func decodeOne(t *testing.T, in string) Object {
+	t.Helper()
+	obj, err := DecodeOne([]byte(in))
+	if err != nil {
+		t.Fatalf("DecodeOne: %v", err)
+	}
+	return obj
+}
+
+func TestDefault(t *testing.T) {
+	var (
+		core    = gatewayv1.Group("")
+		service = gatewayv1.Kind("Service")
+		prefix  = gatewayv1.PathMatchPathPrefix
+		exact   = gatewayv1.HeaderMatchExact
+		qexact  = gatewayv1.QueryParamMatchExact
+		gexact  = gatewayv1.GRPCMethodMatchExact
+		ghexact = gatewayv1.GRPCHeaderMatchExact
+		gwGroup = gatewayv1.Group(GatewayGroup)
+		gwKind  = gatewayv1.Kind("Gateway")
+		ns      = gatewayv1.Namespace("default")
+		other   = gatewayv1.Namespace("other")
+	)
+	routeMeta := func(kind string) metav1.TypeMeta {
+		return metav1.TypeMeta{APIVersion: GatewayGroup + "/" + GatewayVersion, Kind: kind}
+	}
+	tests := []struct {
+		name string
+		in   string
+		want Object
+	}{
+		{
+			name: "service",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: Service
+metadata: {name: backend}
+spec:
+  ports:
+  - port: 80
+  - port: 9000
+    protocol: GRPC
+    targetPort: 9001
+  - port: 81
+    protocol: BOGUS
+  - port: 82
+    name: mine
+`,
+			want: &Service{
+				TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "Service"},
+				ObjectMeta: metav1.ObjectMeta{Name: "backend", Namespace: "default"},
+				Spec: ServiceSpec{
+					Selector: map[string]string{"app": "backend"},
+					Ports: []ServicePort{
+						{Name: "http-80", Port: 80, Protocol: ProtocolHTTP, TargetPort: 80},
+						{Name: "grpc-9000", Port: 9000, Protocol: ProtocolGRPC, TargetPort: 9001},
+						{Port: 81, Protocol: "BOGUS", TargetPort: 81},
+						{Name: "mine", Port: 82, Protocol: ProtocolHTTP, TargetPort: 82},
+					},
+				},
+			},
+		},
+		{
+			name: "service keeps its selector",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: Service
+metadata: {name: backend, namespace: shop}
+spec: {ports: [], selector: {tier: db}}
+`,
+			want: &Service{
+				TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "Service"},
+				ObjectMeta: metav1.ObjectMeta{Name: "backend", Namespace: "shop"},
+				Spec:       ServiceSpec{Ports: []ServicePort{}, Selector: map[string]string{"tier": "db"}},
+			},
+		},
+		{
+			name: "workload",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: Workload
+metadata: {name: w, namespace: shop}
+spec:
+  address: 10.0.0.1
+  proxy: {}
+  upstreams:
+  - {service: backend, port: 80, localPort: 8080}
+  - {service: db.data, port: 5432, localPort: 5432, localAddress: 127.0.0.2}
+`,
+			want: &Workload{
+				TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "Workload"},
+				ObjectMeta: metav1.ObjectMeta{Name: "w", Namespace: "shop"},
+				Spec: WorkloadSpec{
+					Address:        "10.0.0.1",
+					ServiceAccount: "default",
+					Proxy:          &WorkloadProxy{AppAddress: "127.0.0.1"},
+					Upstreams: []Upstream{
+						{Service: "backend.shop", Port: 80, LocalPort: 8080, LocalAddress: "127.0.0.1"},
+						{Service: "db.data", Port: 5432, LocalPort: 5432, LocalAddress: "127.0.0.2"},
+					},
+				},
+			},
+		},
+		{
+			name: "httproute",
+			in: `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs:
+  - name: backend
+  - name: gw
+    kind: Gateway
+  - name: backend
+    kind: Service
+    namespace: other
+  rules:
+  - backendRefs:
+    - name: b
+      port: 80
+  - matches:
+    - headers: [{name: x, value: z}]
+      queryParams: [{name: q, value: v}]
+    - path: {value: /api}
+    backendRefs:
+    - {name: b, port: 80, weight: 0, namespace: other}
+`,
+			want: &HTTPRoute{
+				TypeMeta:   routeMeta("HTTPRoute"),
+				ObjectMeta: metav1.ObjectMeta{Name: "r", Namespace: "default"},
+				Spec: gatewayv1.HTTPRouteSpec{
+					CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{
+						{Group: &core, Kind: &service, Namespace: &ns, Name: "backend"},
+						{Group: &gwGroup, Kind: &gwKind, Namespace: &ns, Name: "gw"},
+						{Group: &core, Kind: &service, Namespace: &other, Name: "backend"},
+					}},
+					Rules: []gatewayv1.HTTPRouteRule{
+						{
+							Matches: []gatewayv1.HTTPRouteMatch{{Path: &gatewayv1.HTTPPathMatch{Type: &prefix, Value: new("/")}}},
+							BackendRefs: []gatewayv1.HTTPBackendRef{{BackendRef: gatewayv1.BackendRef{
+								BackendObjectReference: gatewayv1.BackendObjectReference{
+									Group: &core, Kind: &service, Name: "b", Namespace: &ns, Port: new(int32(80)),
+								},
+								Weight: new(int32(1)),
+							}}},
+						},
+						{
+							Matches: []gatewayv1.HTTPRouteMatch{
+								{
+									Path:        &gatewayv1.HTTPPathMatch{Type: &prefix, Value: new("/")},
+									Headers:     []gatewayv1.HTTPHeaderMatch{{Type: &exact, Name: "x", Value: "z"}},
+									QueryParams: []gatewayv1.HTTPQueryParamMatch{{Type: &qexact, Name: "q", Value: "v"}},
+								},
+								{Path: &gatewayv1.HTTPPathMatch{Type: &prefix, Value: new("/api")}},
+							},
+							BackendRefs: []gatewayv1.HTTPBackendRef{{BackendRef: gatewayv1.BackendRef{
+								BackendObjectReference: gatewayv1.BackendObjectReference{
+									Group: &core, Kind: &service, Name: "b", Namespace: &other, Port: new(int32(80)),
+								},
+								Weight: new(int32(0)),
+							}}},
+						},
+					},
+				},
+			},
+		},
+		{
+			name: "grpcroute",
+			in: `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: shop}
+spec:
+  parentRefs: [{name: backend, group: verge.dev}]
+  rules:
+  - backendRefs: [{name: b, port: 9000}]
+  - matches:
+    - method: {service: a.B}
+      headers: [{name: x, value: z}]
+    backendRefs: [{name: b, port: 9000}]
+`,
+			want: &GRPCRoute{
+				TypeMeta:   routeMeta("GRPCRoute"),
+				ObjectMeta: metav1.ObjectMeta{Name: "g", Namespace: "shop"},
+				Spec: gatewayv1.GRPCRouteSpec{
+					CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{
+						{Group: new(gatewayv1.Group(Group)), Kind: &service, Namespace: new(gatewayv1.Namespace("shop")), Name: "backend"},
+					}},
+					Rules: []gatewayv1.GRPCRouteRule{
+						{
+							Matches: []gatewayv1.GRPCRouteMatch{{}},
+							BackendRefs: []gatewayv1.GRPCBackendRef{{BackendRef: gatewayv1.BackendRef{
+								BackendObjectReference: gatewayv1.BackendObjectReference{
+									Group: &core, Kind: &service, Name: "b", Namespace: new(gatewayv1.Namespace("shop")), Port: new(int32(9000)),
+								},
+								Weight: new(int32(1)),
+							}}},
+						},
+						{
+							Matches: []gatewayv1.GRPCRouteMatch{{
+								Method:  &gatewayv1.GRPCMethodMatch{Type: &gexact, Service: new("a.B")},
+								Headers: []gatewayv1.GRPCHeaderMatch{{Type: &ghexact, Name: "x", Value: "z"}},
+							}},
+							BackendRefs: []gatewayv1.GRPCBackendRef{{BackendRef: gatewayv1.BackendRef{
+								BackendObjectReference: gatewayv1.BackendObjectReference{
+									Group: &core, Kind: &service, Name: "b", Namespace: new(gatewayv1.Namespace("shop")), Port: new(int32(9000)),
+								},
+								Weight: new(int32(1)),
+							}}},
+						},
+					},
+				},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := decodeOne(t, tt.in)
+			Default(got)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Default (-want +got):\n%s", diff)
+			}
+			Default(got)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Default is not idempotent (-once +twice):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestDefaultSetsTypeMeta(t *testing.T) {
+	s := &Service{ObjectMeta: metav1.ObjectMeta{Name: "a"}}
+	Default(s)
+	want := metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "Service"}
+	if diff := cmp.Diff(want, s.TypeMeta); diff != "" {
+		t.Errorf("Default TypeMeta (-want +got):\n%s", diff)
+	}
+}
