@@ -1,0 +1,762 @@
+package h1
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// ErrUpgrade is returned by Serve after it handed the connection to
+// Options.OnUpgrade.
+var ErrUpgrade = errors.New("h1: connection upgraded")
+
+// Options configures Serve. The zero value is usable.
+type Options struct {
+	// XForwardedFor appends the client's IP to X-Forwarded-For (creating
+	// the header if absent). Prior values are kept, comma-joined, as
+	// net/http/httputil.ReverseProxy does.
+	XForwardedFor bool
+	// IdleTimeout bounds the wait for a kept-alive connection's next
+	// request and the reading of its head; zero means no limit.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request head (beyond it: 431) and a response
+	// head (beyond it: 502); zero means 64 KiB.
+	MaxHeaderBytes int
+	// OnUpgrade, if set, receives the connection when a request carries an
+	// Upgrade header (h2c, WebSocket) or is a CONNECT, which this package
+	// does not proxy. buffered holds every byte read from c and not yet
+	// consumed: the whole head of that request, then whatever followed it.
+	// The hook owns c from then on (Serve does not close it) and is called
+	// on Serve's goroutine just before Serve returns ErrUpgrade; the Router
+	// is not consulted for that request.
+	//
+	// Without a hook, Upgrade is ignored (RFC 9110 7.8 allows it: the
+	// header is hop-by-hop and not forwarded) and CONNECT gets 501.
+	OnUpgrade func(c net.Conn, buffered []byte)
+}
+
+const defaultMaxHeaderBytes = 64 << 10
+
+// Serve serves HTTP/1.1 requests read from c, forwarding each to the
+// upstream its Router picks through p, until the client closes or asks to
+// close, the idle timeout passes, a request cannot be served on this
+// connection any more, or ctx ends. When ctx ends Serve drains: an exchange
+// in flight finishes (its response says "Connection: close"), an idle
+// connection is closed at once.
+//
+// br reads from c and may already hold bytes the caller peeked; Serve takes
+// it over. Everything happens on the calling goroutine. Serve closes c when
+// it returns, except with ErrUpgrade (see Options.OnUpgrade).
+//
+// It returns nil when the connection ended normally, ErrUpgrade, or the
+// error that made it close the connection (a malformed request, which got
+// its 4xx first, or an exchange that failed after its response started).
+// Upstream failures that were answered with 502, 503 or 504 and left the
+// connection usable are reported only to Decision.Done:
+//
+//   - 503 "upstream connect error": connecting failed (refused, dial
+//     timeout), as Envoy answers;
+//   - 504 "upstream timeout": Decision.Timeout passed before the response
+//     head arrived;
+//   - 502 "upstream error": anything else before the response head.
+//
+// After the response head was sent, an upstream failure closes c.
+//
+// Request bodies are sent whole before the response is read, so an
+// upstream that answers early without reading the body, or echoes a body
+// larger than the socket buffers while still reading it, is not supported.
+func Serve(ctx context.Context, c net.Conn, br *bufio.Reader, r Router, p *Pool, opts Options) error {
+	if opts.MaxHeaderBytes <= 0 {
+		opts.MaxHeaderBytes = defaultMaxHeaderBytes
+	}
+	cs := connPool.Get().(*conn)
+	cs.c, cs.br, cs.router, cs.pool, cs.opts = c, br, r, p, opts
+	cs.bw = getWriter(c)
+
+	stop := context.AfterFunc(ctx, cs.drain)
+	err := cs.serve()
+	// If drain already started it may still hold cs: leave cs to the GC
+	// rather than hand it to another connection.
+	reusable := stop()
+
+	putWriter(cs.bw)
+	hook, buffered, linger := cs.opts.OnUpgrade, cs.upgraded, cs.linger
+	if reusable {
+		cs.reset()
+		connPool.Put(cs)
+	}
+	if errors.Is(err, ErrUpgrade) {
+		hook(c, buffered)
+		return err
+	}
+	if linger {
+		lingerClose(c, br)
+	}
+	_ = c.Close()
+	return err
+}
+
+// lingerClose half-closes c and reads what the client still sends, bounded
+// in time and bytes, before c is closed. Closing a socket with unread input
+// makes the kernel send a reset, which can destroy the error reply still in
+// flight to the client; net/http's closeWriteAndWait exists for the same
+// reason.
+func lingerClose(c net.Conn, br *bufio.Reader) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = br.Discard(256 << 10)
+}
+
+// conn is the state of one downstream connection. It is recycled through
+// connPool so that a new connection costs no allocation beyond its first.
+type conn struct {
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	router Router
+	pool   *Pool
+	opts   Options
+
+	req  Request // handed to the Router; Header is bound once
+	rh   reqHead
+	resp respHead
+	head []byte // current request head; rh aliases it
+	rsp  []byte // current response head; resp aliases it
+	buf  copyBuf
+	ip   string // client IP for X-Forwarded-For, computed once
+
+	// readDeadline records that c has a read deadline to clear.
+	readDeadline bool
+	// downDeadline records that c carries an exchange's deadline.
+	downDeadline bool
+	// linger records that a local reply asked to close while the client
+	// may still be sending.
+	linger   bool
+	upgraded []byte
+
+	// mu orders drain against the idle state, so that drain interrupts
+	// only a connection waiting for a request, never one mid-exchange.
+	mu       sync.Mutex
+	idle     bool
+	draining atomic.Bool
+}
+
+var connPool = sync.Pool{New: func() any {
+	cs := new(conn)
+	cs.req.Header = cs.header
+	return cs
+}}
+
+func (cs *conn) reset() {
+	cs.c, cs.br, cs.bw, cs.router, cs.pool = nil, nil, nil, nil, nil
+	cs.opts = Options{}
+	cs.req = Request{Header: cs.req.Header}
+	cs.rh = reqHead{fields: cs.rh.fields[:0]}
+	cs.resp = respHead{fields: cs.resp.fields[:0]}
+	// Keep typical buffers; let an outsized head's buffer go.
+	if cap(cs.head) > 8<<10 {
+		cs.head = nil
+	}
+	if cap(cs.rsp) > 8<<10 {
+		cs.rsp = nil
+	}
+	cs.ip, cs.upgraded, cs.readDeadline, cs.linger, cs.idle = "", nil, false, false, false
+	cs.draining.Store(false)
+}
+
+// aLongTimeAgo is a deadline that has passed: setting it wakes a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// drain runs when Serve's ctx ends. Setting the deadline happens under mu
+// (it does not block) so that it cannot land after waitRequest has left
+// the idle state and started a request.
+func (cs *conn) drain() {
+	cs.mu.Lock()
+	cs.draining.Store(true)
+	if cs.idle {
+		_ = cs.c.SetReadDeadline(aLongTimeAgo)
+	}
+	cs.mu.Unlock()
+}
+
+// waitRequest blocks until the next request starts to arrive. It reports
+// false when the connection should end: the client closed or went silent
+// past IdleTimeout, or the server is draining.
+func (cs *conn) waitRequest() bool {
+	if cs.opts.IdleTimeout > 0 {
+		_ = cs.c.SetReadDeadline(time.Now().Add(cs.opts.IdleTimeout))
+		cs.readDeadline = true
+	}
+	cs.mu.Lock()
+	if cs.draining.Load() {
+		cs.mu.Unlock()
+		return false
+	}
+	cs.idle = true
+	cs.mu.Unlock()
+
+	_, err := cs.br.Peek(1)
+
+	cs.mu.Lock()
+	cs.idle = false
+	cs.mu.Unlock()
+	if err != nil {
+		return false
+	}
+	if cs.draining.Load() {
+		// A request arrived as the drain began: serve it, then stop. drain
+		// may have set a past deadline; replace it.
+		_ = cs.c.SetReadDeadline(time.Time{})
+		cs.readDeadline = false
+	}
+	return true
+}
+
+func (cs *conn) serve() error {
+	for {
+		if !cs.waitRequest() {
+			return nil
+		}
+		head, err := readHead(cs.br, cs.head[:0], cs.opts.MaxHeaderBytes, true)
+		cs.head = head
+		if err != nil {
+			if se, ok := errors.AsType[*statusError](err); ok {
+				_ = cs.writeLocal(se.status, localBody(se.status), true, false)
+			} else if len(head) == 0 {
+				return nil // only empty lines before the client closed
+			}
+			return fmt.Errorf("read request head: %w", err)
+		}
+		if cs.readDeadline {
+			_ = cs.c.SetReadDeadline(time.Time{})
+			cs.readDeadline = false
+		}
+		if err := parseRequestHead(head, &cs.rh); err != nil {
+			status := errorStatus(err)
+			_ = cs.writeLocal(status, localBody(status), true, false)
+			return fmt.Errorf("parse request head: %w", err)
+		}
+		if cs.rh.upgrade || string(cs.rh.method) == "CONNECT" {
+			if cs.opts.OnUpgrade != nil {
+				n := cs.br.Buffered()
+				rest, _ := cs.br.Peek(n)
+				cs.upgraded = append(append(make([]byte, 0, len(head)+n), head...), rest...)
+				return ErrUpgrade
+			}
+			if string(cs.rh.method) == "CONNECT" {
+				_ = cs.writeLocal(http.StatusNotImplemented, localBody(http.StatusNotImplemented), true, false)
+				return nil
+			}
+		}
+		keep, err := cs.handle()
+		if !keep {
+			return err
+		}
+	}
+}
+
+// handle routes the current request and answers it. keep reports whether
+// the connection may serve another request.
+func (cs *conn) handle() (keep bool, err error) {
+	rh := &cs.rh
+	cs.req.Method = methodString(rh.method)
+	cs.req.Target = bstr(rh.target)
+	cs.req.Path = bstr(rh.path)
+	cs.req.Host = bstr(rh.host)
+	d := cs.router.Route(&cs.req)
+
+	if d.Addr == "" {
+		status := d.Status
+		if status == 0 {
+			status = http.StatusNotFound
+		}
+		// An unread body would be taken for the next request: close.
+		keep = !rh.close && !rh.hasBody() && !cs.draining.Load()
+		err = cs.writeLocal(status, localBody(status), !keep, isHead(rh.method))
+		if d.Done != nil {
+			d.Done(status, nil)
+		}
+		return keep && err == nil, err
+	}
+
+	var status int
+	if d.Timeout > 0 {
+		// The deadline covers the downstream side too, so that a client
+		// trickling its body or not reading the response cannot hold an
+		// upstream connection past it.
+		deadline := time.Now().Add(d.Timeout)
+		_ = cs.c.SetDeadline(deadline)
+		cs.downDeadline = true
+		status, keep, err = cs.exchange(&d, deadline)
+		_ = cs.c.SetDeadline(time.Time{})
+		cs.downDeadline = false
+	} else {
+		status, keep, err = cs.exchange(&d, time.Time{})
+	}
+	cs.buf.release()
+	if d.Done != nil {
+		d.Done(status, err)
+	}
+	return keep, err
+}
+
+// exchange forwards the current request to d.Addr and relays the response.
+// It returns the upstream's status (0 if none arrived), whether the
+// downstream connection may be kept, and the exchange's error.
+func (cs *conn) exchange(d *Decision, deadline time.Time) (status int, keep bool, err error) {
+	rh := &cs.rh
+	hasBody := rh.hasBody()
+	// A Content-Length body that already sits in br is written from there
+	// and consumed only once a response head arrived, so it can be sent
+	// again after a stale keep-alive connection failed.
+	replay := !hasBody || (!rh.chunked && !rh.expectContinue && int64(cs.br.Buffered()) >= rh.contentLength)
+	retry := replay && (!hasBody || idempotent(rh.method))
+	bodyDone := !hasBody
+
+	var uc *upConn
+	for attempt := 0; ; attempt++ {
+		var reused bool
+		uc, reused, err = cs.pool.get(d.Addr, deadline, attempt > 0)
+		if err != nil {
+			if replay && hasBody {
+				_, _ = cs.br.Discard(int(rh.contentLength))
+				bodyDone = true
+			}
+			status := http.StatusServiceUnavailable
+			if !deadline.IsZero() && !time.Now().Before(deadline) {
+				status = http.StatusGatewayTimeout
+			}
+			return cs.fail(status, bodyDone, fmt.Errorf("connect upstream %s: %w", d.Addr, err))
+		}
+		uc.setDeadline(deadline)
+		cs.writeRequestHead(uc.bw, d.Addr)
+
+		var rerr, werr error
+		switch {
+		case !hasBody:
+			werr = uc.bw.Flush()
+		case replay:
+			p, _ := cs.br.Peek(int(rh.contentLength))
+			_, _ = uc.bw.Write(p)
+			werr = uc.bw.Flush()
+		default:
+			if rh.expectContinue {
+				// Answer 100 here rather than relay it: the upstream never
+				// sees Expect, and the body follows on this goroutine.
+				_, _ = cs.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+				if err := cs.bw.Flush(); err != nil {
+					cs.pool.discard(uc)
+					return 0, false, fmt.Errorf("write 100 continue: %w", err)
+				}
+			}
+			if rh.chunked {
+				rerr, werr = copyChunked(uc.bw, cs.br, &cs.buf, true)
+			} else {
+				rerr, werr = copyFixed(uc.bw, cs.br, rh.contentLength, &cs.buf)
+			}
+			if rerr == nil && werr == nil {
+				werr = uc.bw.Flush()
+				bodyDone = true
+			}
+		}
+		if rerr != nil {
+			cs.pool.discard(uc)
+			status := http.StatusBadRequest
+			if isTimeout(rerr) {
+				status = http.StatusRequestTimeout
+			}
+			_ = cs.writeLocal(status, localBody(status), true, false)
+			return 0, false, fmt.Errorf("read request body: %w", rerr)
+		}
+		if werr == nil {
+			var head []byte
+			head, err = readHead(uc.br, cs.rsp[:0], cs.opts.MaxHeaderBytes, false)
+			cs.rsp = head
+			if err == nil {
+				break
+			}
+			werr = err
+			if len(head) > 0 {
+				retry = false // the upstream answered something
+			}
+		}
+		cs.pool.discard(uc)
+		if reused && retry && attempt == 0 && !isTimeout(werr) {
+			continue // the classic stale keep-alive race: try a fresh one
+		}
+		if replay && hasBody {
+			_, _ = cs.br.Discard(int(rh.contentLength))
+			bodyDone = true
+		}
+		status := http.StatusBadGateway
+		if isTimeout(werr) {
+			status = http.StatusGatewayTimeout
+		}
+		return cs.fail(status, bodyDone, fmt.Errorf("exchange with upstream %s: %w", d.Addr, werr))
+	}
+	if replay && hasBody {
+		_, _ = cs.br.Discard(int(rh.contentLength))
+	}
+	return cs.relay(d, uc)
+}
+
+// fail answers locally for an exchange that got no response head.
+func (cs *conn) fail(status int, bodyDone bool, err error) (int, bool, error) {
+	keep := bodyDone && !cs.rh.close && !cs.draining.Load()
+	if werr := cs.writeLocal(status, localBody(status), !keep, isHead(cs.rh.method)); werr != nil {
+		keep = false
+	}
+	return 0, keep, err
+}
+
+// relay sends the response whose head is in cs.rsp back downstream.
+func (cs *conn) relay(d *Decision, uc *upConn) (int, bool, error) {
+	rh, resp := &cs.rh, &cs.resp
+	for {
+		if err := parseResponseHead(cs.rsp, resp); err != nil {
+			cs.pool.discard(uc)
+			return cs.fail(http.StatusBadGateway, true, fmt.Errorf("read response head from %s: %w", d.Addr, err))
+		}
+		if resp.status >= 200 {
+			break
+		}
+		if resp.status == http.StatusSwitchingProtocols {
+			cs.pool.discard(uc)
+			return cs.fail(http.StatusBadGateway, true, fmt.Errorf("read response head from %s: unrequested 101", d.Addr))
+		}
+		if rh.minor >= 1 { // 1xx must not reach an HTTP/1.0 client
+			cs.writeStatusLine()
+			cs.writeResponseFields()
+			_, _ = cs.bw.WriteString("\r\n")
+			if err := cs.bw.Flush(); err != nil {
+				cs.pool.discard(uc)
+				return resp.status, false, fmt.Errorf("write interim response: %w", err)
+			}
+		}
+		head, err := readHead(uc.br, cs.rsp[:0], cs.opts.MaxHeaderBytes, false)
+		cs.rsp = head
+		if err != nil {
+			cs.pool.discard(uc)
+			status := http.StatusBadGateway
+			if isTimeout(err) {
+				status = http.StatusGatewayTimeout
+			}
+			return cs.fail(status, true, fmt.Errorf("read response head from %s: %w", d.Addr, err))
+		}
+	}
+
+	status := resp.status
+	noBody := isHead(rh.method) || status == http.StatusNoContent || status == http.StatusNotModified
+	untilClose := !noBody && !resp.chunked && resp.contentLength < 0
+	dechunk := resp.chunked && rh.minor == 0
+	closeDown := rh.close || untilClose || dechunk || cs.draining.Load()
+
+	cs.writeStatusLine()
+	cs.writeResponseFields()
+	bw := cs.bw
+	switch {
+	case noBody:
+		if resp.contentLength >= 0 && status != http.StatusNoContent {
+			writeContentLength(bw, resp.contentLength)
+		}
+	case resp.contentLength >= 0:
+		writeContentLength(bw, resp.contentLength)
+	case resp.chunked && !dechunk:
+		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if closeDown {
+		_, _ = bw.WriteString("Connection: close\r\n")
+	}
+	_, _ = bw.WriteString("\r\n")
+
+	var rerr, werr error
+	switch {
+	case noBody:
+	case resp.contentLength >= 0:
+		rerr, werr = copyFixed(bw, uc.br, resp.contentLength, &cs.buf)
+	case resp.chunked:
+		rerr, werr = copyChunked(bw, uc.br, &cs.buf, !dechunk)
+	default:
+		rerr, werr = copyUntilEOF(bw, uc.br, &cs.buf)
+	}
+	if rerr == nil && werr == nil {
+		werr = bw.Flush()
+	}
+	if rerr != nil || werr != nil || resp.close || untilClose || uc.br.Buffered() > 0 {
+		cs.pool.discard(uc)
+	} else {
+		cs.pool.put(d.Addr, uc)
+	}
+	switch {
+	case rerr != nil:
+		return status, false, fmt.Errorf("read response body from %s: %w", d.Addr, rerr)
+	case werr != nil:
+		return status, false, fmt.Errorf("write response: %w", werr)
+	}
+	return status, !closeDown, nil
+}
+
+// writeRequestHead writes the current request's head for the upstream:
+// origin-form target, HTTP/1.1, Host first, end-to-end fields in order,
+// then the framing and forwarding fields this proxy owns.
+func (cs *conn) writeRequestHead(bw *bufio.Writer, addr string) {
+	rh := &cs.rh
+	_, _ = bw.Write(rh.method)
+	_ = bw.WriteByte(' ')
+	if rh.slash {
+		_ = bw.WriteByte('/')
+	}
+	_, _ = bw.Write(rh.origin)
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	if rh.hasHost || rh.absolute {
+		_, _ = bw.Write(rh.host)
+	} else {
+		_, _ = bw.WriteString(addr) // an HTTP/1.0 client sent none
+	}
+	_, _ = bw.WriteString("\r\n")
+	for i := range rh.fields {
+		f := &rh.fields[i]
+		if f.hop {
+			continue
+		}
+		switch f.kind {
+		case kindOther:
+		case kindXForwardedFor:
+			if cs.opts.XForwardedFor {
+				continue // rewritten below
+			}
+		default:
+			// Host and framing are written here; the rest is hop-by-hop
+			// (RFC 9110 7.6.1), and Expect was answered by us.
+			continue
+		}
+		writeField(bw, f)
+	}
+	if rh.chunked {
+		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
+	} else if rh.contentLength >= 0 {
+		writeContentLength(bw, rh.contentLength)
+	}
+	if rh.teTrailers {
+		_, _ = bw.WriteString("TE: trailers\r\n")
+	}
+	if cs.opts.XForwardedFor {
+		_, _ = bw.WriteString("X-Forwarded-For: ")
+		for i := range rh.fields {
+			if f := &rh.fields[i]; f.kind == kindXForwardedFor && len(f.value) > 0 {
+				_, _ = bw.Write(f.value)
+				_, _ = bw.WriteString(", ")
+			}
+		}
+		_, _ = bw.WriteString(cs.clientIP())
+		_, _ = bw.WriteString("\r\n")
+	}
+	_, _ = bw.WriteString("\r\n")
+}
+
+func (cs *conn) writeStatusLine() {
+	_, _ = cs.bw.WriteString("HTTP/1.1 ")
+	_, _ = cs.bw.Write(cs.resp.statusRest)
+	_, _ = cs.bw.WriteString("\r\n")
+}
+
+// writeResponseFields writes the response's end-to-end fields; framing and
+// connection management are the caller's.
+func (cs *conn) writeResponseFields() {
+	for i := range cs.resp.fields {
+		f := &cs.resp.fields[i]
+		if f.hop {
+			continue
+		}
+		switch f.kind {
+		case kindContentLength, kindTransferEncoding, kindConnection, kindKeepAlive,
+			kindProxyConnection, kindTE, kindUpgrade:
+			continue
+		}
+		writeField(cs.bw, f)
+	}
+}
+
+func writeField(bw *bufio.Writer, f *field) {
+	_, _ = bw.Write(f.name)
+	_, _ = bw.WriteString(": ")
+	_, _ = bw.Write(f.value)
+	_, _ = bw.WriteString("\r\n")
+}
+
+func writeContentLength(bw *bufio.Writer, n int64) {
+	_, _ = bw.WriteString("Content-Length: ")
+	writeInt(bw, n)
+	_, _ = bw.WriteString("\r\n")
+}
+
+// writeInt formats n straight into bw's buffer, without allocating.
+func writeInt(bw *bufio.Writer, n int64) {
+	if bw.Available() < 20 {
+		_ = bw.Flush()
+	}
+	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), n, 10))
+}
+
+// writeLocal sends a reply generated by the proxy and flushes it.
+func (cs *conn) writeLocal(status int, body string, closeConn, head bool) error {
+	if cs.downDeadline {
+		// The exchange's deadline may be what failed it; the reply saying
+		// so must still go out.
+		_ = cs.c.SetWriteDeadline(time.Time{})
+	}
+	bw := cs.bw
+	_, _ = bw.WriteString("HTTP/1.1 ")
+	writeInt(bw, int64(status))
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(http.StatusText(status))
+	_, _ = bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\n")
+	writeContentLength(bw, int64(len(body)))
+	if closeConn {
+		_, _ = bw.WriteString("Connection: close\r\n")
+		cs.linger = true
+	}
+	_, _ = bw.WriteString("\r\n")
+	if !head {
+		_, _ = bw.WriteString(body)
+	}
+	return bw.Flush()
+}
+
+// localBody is the small fixed body of a reply the proxy makes itself.
+func localBody(status int) string {
+	switch status {
+	case http.StatusNotFound:
+		return "no route\n"
+	case http.StatusServiceUnavailable:
+		return "upstream connect error or no healthy upstream\n"
+	case http.StatusBadGateway:
+		return "upstream error\n"
+	case http.StatusGatewayTimeout:
+		return "upstream timeout\n"
+	case http.StatusBadRequest:
+		return "bad request\n"
+	case http.StatusRequestTimeout:
+		return "request timeout\n"
+	case http.StatusRequestHeaderFieldsTooLarge:
+		return "request header fields too large\n"
+	case http.StatusNotImplemented:
+		return "not implemented\n"
+	case http.StatusHTTPVersionNotSupported:
+		return "http version not supported\n"
+	}
+	return "error\n"
+}
+
+// header implements Request.Header over the current request's fields.
+func (cs *conn) header(name string) string {
+	for i := range cs.rh.fields {
+		f := &cs.rh.fields[i]
+		if len(f.name) == len(name) && equalFold(f.name, name) {
+			return bstr(f.value)
+		}
+	}
+	return ""
+}
+
+func (cs *conn) clientIP() string {
+	if cs.ip == "" {
+		switch a := cs.c.RemoteAddr().(type) {
+		case *net.TCPAddr:
+			cs.ip = a.IP.String()
+		default:
+			if host, _, err := net.SplitHostPort(a.String()); err == nil {
+				cs.ip = host
+			} else {
+				cs.ip = a.String()
+			}
+		}
+	}
+	return cs.ip
+}
+
+// bstr views b as a string without copying. Request's contract (valid only
+// during Route) is what makes this safe: the head buffer is not touched
+// until the next request is read.
+func bstr(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+// methodString returns the common methods as constants, so a Router that
+// keeps req.Method keeps a string that stays valid.
+func methodString(m []byte) string {
+	switch string(m) {
+	case "GET":
+		return "GET"
+	case "POST":
+		return "POST"
+	case "PUT":
+		return "PUT"
+	case "DELETE":
+		return "DELETE"
+	case "HEAD":
+		return "HEAD"
+	case "OPTIONS":
+		return "OPTIONS"
+	case "PATCH":
+		return "PATCH"
+	}
+	return bstr(m)
+}
+
+func isHead(m []byte) bool { return string(m) == "HEAD" }
+
+// idempotent reports the RFC 9110 9.2.2 idempotent methods.
+func idempotent(m []byte) bool {
+	switch string(m) {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
+}
+
+// copyBuf lends a 32 KiB buffer from a shared pool only while a body is
+// too large to go through the bufio buffers, so that idle connections do
+// not each hold one.
+type copyBuf struct{ b *[]byte }
+
+var copyBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 32<<10)
+	return &b
+}}
+
+func (cb *copyBuf) get() []byte {
+	if cb.b == nil {
+		cb.b = copyBufPool.Get().(*[]byte)
+	}
+	return *cb.b
+}
+
+func (cb *copyBuf) release() {
+	if cb.b != nil {
+		copyBufPool.Put(cb.b)
+		cb.b = nil
+	}
+}
