@@ -1,0 +1,202 @@
+// Package cli owns the `verge` command line for resources: the root command
+// with its --server flag, and the apply, get, delete, describe, proxy-status
+// and version subcommands, which talk to the control plane through
+// internal/apiclient. It also owns how errors are shown to a user and which
+// exit code they map to.
+//
+// It does not own the roles that run servers (control-plane, proxy, demo):
+// cmd/verge adds those commands to the root this package builds.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"verge.dev/verge/api/v1alpha1"
+	"verge.dev/verge/internal/apiclient"
+)
+
+// DefaultServer is the control plane's API address when neither --server nor
+// VERGE_SERVER says otherwise.
+const DefaultServer = "http://127.0.0.1:7700"
+
+// requestTimeout bounds each command's calls to the API.
+const requestTimeout = 30 * time.Second
+
+// ExitError carries the exit code a command's failure maps to: 2 for usage
+// errors, 1 for everything else.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+func usageError(format string, args ...any) error {
+	return &ExitError{Code: 2, Err: fmt.Errorf(format, args...)}
+}
+
+// ExitCode is the process exit code for an error returned by Execute.
+func ExitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := errors.AsType[*ExitError](err); ok {
+		return ee.Code
+	}
+	return 1
+}
+
+// FormatError renders an error returned by Execute for a user: one
+// "error: " line per failure, and an invalid resource's causes each on its
+// own indented line.
+func FormatError(err error) string {
+	var b strings.Builder
+	for _, e := range flatten(err) {
+		b.WriteString("error: ")
+		b.WriteString(render(e))
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if ee, ok := err.(*ExitError); ok {
+		return flatten(ee.Err)
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func render(err error) string {
+	msg := err.Error()
+	se, ok := errors.AsType[*apiclient.StatusError](err)
+	if !ok || len(se.Causes) == 0 {
+		return msg
+	}
+	head := se.Message
+	if i := strings.Index(head, " is invalid: "); i >= 0 {
+		head = head[:i+len(" is invalid:")]
+	} else {
+		head += ":"
+	}
+	var b strings.Builder
+	b.WriteString(head)
+	for _, c := range se.Causes {
+		b.WriteString("\n  ")
+		if c.Field != "" {
+			b.WriteString(c.Field + ": ")
+		}
+		b.WriteString(c.Message)
+	}
+	return strings.Replace(msg, se.Error(), b.String(), 1)
+}
+
+// env is what every subcommand shares: the streams, the clock and the
+// --server flag's value.
+type env struct {
+	out, errOut io.Writer
+	in          io.Reader
+	server      string
+	now         func() time.Time
+}
+
+func (e *env) client() *apiclient.Client {
+	return apiclient.New(e.server, &http.Client{Timeout: requestTimeout})
+}
+
+// NewRootCommand builds the `verge` command with the resource subcommands.
+// version is the client's version. Errors are returned from Execute, not
+// printed (SilenceErrors): print them with FormatError and exit with
+// ExitCode. VERGE_SERVER, read here, is the --server flag's default.
+func NewRootCommand(version string, out, errOut io.Writer, in io.Reader) *cobra.Command {
+	return newRootCommand(version, out, errOut, in, time.Now)
+}
+
+func newRootCommand(version string, out, errOut io.Writer, in io.Reader, now func() time.Time) *cobra.Command {
+	e := &env{out: out, errOut: errOut, in: in, now: now}
+	server := os.Getenv("VERGE_SERVER")
+	if server == "" {
+		server = DefaultServer
+	}
+	root := &cobra.Command{
+		Use:           "verge",
+		Short:         "Verge, an edge service mesh",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		Args:          usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cmd.Help()
+		},
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	root.SetIn(in)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &ExitError{Code: 2, Err: err} })
+	root.PersistentFlags().StringVar(&e.server, "server", server, "control plane API URL (env VERGE_SERVER)")
+	root.AddCommand(
+		newApplyCommand(e),
+		newGetCommand(e),
+		newDeleteCommand(e),
+		newDescribeCommand(e),
+		newProxyStatusCommand(e),
+		newVersionCommand(e, version),
+	)
+	return root
+}
+
+// AddCommand adds role commands (control-plane, proxy, demo) to a root
+// built by NewRootCommand.
+func AddCommand(root *cobra.Command, cmds ...*cobra.Command) { root.AddCommand(cmds...) }
+
+// usageArgs makes an argument check's failure a usage error (exit code 2).
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return &ExitError{Code: 2, Err: err}
+		}
+		return nil
+	}
+}
+
+// kindArg resolves a KIND argument; "svc/web" also names the object.
+func kindArg(arg string) (v1alpha1.Kind, string, error) {
+	name := ""
+	if k, n, ok := strings.Cut(arg, "/"); ok {
+		arg, name = k, n
+	}
+	k, ok := v1alpha1.KindByName(arg)
+	if !ok {
+		var names []string
+		for _, k := range v1alpha1.Kinds {
+			names = append(names, k.Plural)
+		}
+		return v1alpha1.Kind{}, "", usageError("unknown resource kind %q: want one of %s", arg, strings.Join(names, ", "))
+	}
+	return k, name, nil
+}
+
+// kindLabel is how output names a kind: "service" in "service/web".
+func kindLabel(k v1alpha1.Kind) string { return strings.ToLower(k.Kind) }
+
+func withTimeout(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), requestTimeout)
+}
