@@ -70,19 +70,47 @@ type Route struct {
 	TotalWeight uint32
 	// Timeout bounds the whole request; zero means none.
 	Timeout time.Duration
+	// DirectResponse, when set, answers the request itself; Clusters is then
+	// empty.
+	DirectResponse *DirectResponse
+}
+
+// DirectResponse is a fixed answer sent by the proxy without an upstream.
+type DirectResponse struct {
+	Status int
+	Body   string
 }
 
 // RouteMatch: every present condition must hold.
 type RouteMatch struct {
-	// Exactly one of Prefix, Path, Regex is set ("/" prefix when all empty).
+	// Exactly one of Prefix, Path, Regex, PathSeparatedPrefix is set ("/"
+	// prefix when all empty). Regex is anchored (^(?:re)$): MatchString on
+	// the path without the query is a full match, as Envoy's safe_regex.
 	Prefix string
 	Path   string
 	Regex  *regexp.Regexp
+	// PathSeparatedPrefix matches a path equal to it or continuing with "/"
+	// after it (Gateway API PathPrefix: "/foo" matches "/foo" and "/foo/x",
+	// not "/foobar"). It never ends with "/".
+	PathSeparatedPrefix string
 	// Headers include ":method" for method matches.
 	Headers []HeaderMatch
+	// QueryParams must all match the request's query string.
+	QueryParams []QueryParamMatch
 }
 
-// HeaderMatch matches one header (lower-case name).
+// QueryParamMatch matches one query parameter: Present (the parameter
+// exists), else Regex (anchored, full match) when set, else Exact.
+type QueryParamMatch struct {
+	Name    string
+	Exact   string
+	Regex   *regexp.Regexp
+	Present bool
+}
+
+// HeaderMatch matches one header (lower-case name): Present (the header
+// exists), else Regex (anchored, full match) when set, else Exact; Invert
+// negates the result.
 type HeaderMatch struct {
 	Name    string
 	Exact   string

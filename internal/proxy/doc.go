@@ -1,0 +1,31 @@
+// Package proxy is Verge's data plane. It owns the listeners, the HTTP
+// router, the per-cluster load balancers (package balancer) and upstream
+// connection pools, the TCP proxy and the admin endpoints. It does not own
+// where configuration comes from (proxy/xdsclient builds config.Snapshot
+// values), the HTTP/1.1 fast-path engine (proxy/h1), or anything of the
+// control plane: it never links bbolt, etcd or client-go.
+//
+// Data flow for one request:
+//
+//	listener (ListenerHTTP) -> sniff the first bytes:
+//	    HTTP/1.1 on a table that only reaches HTTP/1.1 clusters -> h1 engine
+//	    HTTP/2 preface, h2c upgrade (handed back by h1), the rest -> net/http
+//	  -> route table (virtual host by Host/:authority, first matching route)
+//	  -> cluster (weighted choice among the route's clusters)
+//	  -> balancer (round robin or least request, per-endpoint in-flight count)
+//	  -> pool (per-cluster http.Transport: HTTP/1.1 keep-alive or h2c)
+//	  -> upstream, with the response streamed back, trailers included
+//
+//	listener (ListenerTCP) -> cluster -> balancer -> dial -> splice both ways
+//
+// Snapshot publication: Update compiles a config.Snapshot (route tables with
+// domains indexed and clusters resolved) into an immutable state and
+// publishes it through an atomic.Pointer. Each request loads the pointer
+// once and uses that state to its end, so a concurrent Update never changes
+// a request midway and the request path takes no lock. What must outlive a
+// snapshot (balancer counters, pooled connections) lives in per-cluster
+// pools carried from one state to the next by cluster name. Listener
+// sockets are reconciled by Run's goroutine: new name+address pairs are
+// opened, removed ones stop accepting and drain, unchanged ones keep their
+// connections and just see the new state.
+package proxy

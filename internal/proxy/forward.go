@@ -1,0 +1,336 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+
+	"verge.dev/verge/internal/proxy/balancer"
+)
+
+// failure is why the proxy answered a request itself.
+type failure int
+
+const (
+	failNoRoute failure = iota + 1
+	failNoEndpoint
+	failConnect
+	failTimeout
+	failUpstream
+)
+
+// httpStatus and grpcStatus are the one mapping from a local failure to the
+// code a client sees.
+func (f failure) httpStatus() int {
+	switch f {
+	case failNoRoute:
+		return http.StatusNotFound
+	case failNoEndpoint, failConnect:
+		return http.StatusServiceUnavailable
+	case failTimeout:
+		return http.StatusGatewayTimeout
+	default:
+		return http.StatusBadGateway
+	}
+}
+
+// text is the local reply's body (without newline); the same words as the
+// h1 engine's, so both paths answer alike.
+func (f failure) text() string {
+	switch f {
+	case failNoRoute:
+		return "no route"
+	case failNoEndpoint, failConnect:
+		return "upstream connect error or no healthy upstream"
+	case failTimeout:
+		return "upstream timeout"
+	default:
+		return "upstream error"
+	}
+}
+
+// grpcStatus returns the gRPC code (as its decimal string) and message.
+func (f failure) grpcStatus() (code, msg string) {
+	switch f {
+	case failNoRoute:
+		return "12", "no route" // UNIMPLEMENTED
+	case failNoEndpoint:
+		return "14", "no healthy upstream" // UNAVAILABLE
+	case failConnect:
+		return "14", "upstream connect error"
+	case failTimeout:
+		return "4", "upstream request timeout" // DEADLINE_EXCEEDED
+	default:
+		return "14", "upstream reset"
+	}
+}
+
+// hopHeaders are connection-specific and never forwarded (RFC 9110 7.6.1).
+// "Te" is handled separately: "TE: trailers" must reach gRPC servers.
+var hopHeaders = []string{
+	"Connection",
+	"Proxy-Connection",
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Trailer",
+	"Transfer-Encoding",
+	"Upgrade",
+}
+
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = strings.TrimSpace(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+// bufPool holds body copy buffers, so streaming a body costs no allocation.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// listenerHandler routes and forwards the requests of one HTTP listener.
+type listenerHandler struct {
+	p *Proxy
+	l *httpListener
+}
+
+func isGRPC(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return strings.HasPrefix(ct, "application/grpc")
+}
+
+func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.l.maybeUpgradeH2C(w, r, h) {
+		return
+	}
+	p := h.p
+	lcfg := h.l.cfg.Load()
+	stat := statName(lcfg)
+	active := p.metrics.activeRequests.WithLabelValues(stat)
+	active.Inc()
+	defer active.Dec()
+
+	grpc := isGRPC(r)
+	st := p.state.Load()
+	rt := st.routes[lcfg.RouteName]
+	var rte *route
+	if rt != nil {
+		head := requestHead{method: r.Method, host: r.Host, path: pathOf(r), query: r.URL.RawQuery, header: stdHeaders(r.Header)}
+		rte = rt.match(&head)
+	}
+	if rte == nil {
+		h.fail(w, r, grpc, stat, "", failNoRoute)
+		return
+	}
+	if dr := rte.cfg.DirectResponse; dr != nil {
+		if dr.Body != "" {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		}
+		w.WriteHeader(dr.Status)
+		_, _ = io.WriteString(w, dr.Body)
+		p.metrics.request(stat, "", dr.Status)
+		return
+	}
+	cl := rte.pickCluster()
+	if cl == nil {
+		h.fail(w, r, grpc, stat, "", failNoEndpoint)
+		return
+	}
+	ep := cl.bal.Pick()
+	if ep == nil {
+		h.fail(w, r, grpc, stat, cl.name, failNoEndpoint)
+		return
+	}
+	defer ep.Done()
+	h.forward(w, r, grpc, stat, rte, cl, ep)
+}
+
+func (h listenerHandler) fail(w http.ResponseWriter, r *http.Request, grpc bool, stat, clusterName string, f failure) {
+	if h.p.log.Enabled(r.Context(), slog.LevelDebug) {
+		h.p.log.Debug("request answered locally", "listener", stat, "cluster", clusterName, "host", r.Host, "path", r.URL.Path, "status", f.httpStatus())
+	}
+	if grpc {
+		code, msg := f.grpcStatus()
+		hd := w.Header()
+		hd.Set("Content-Type", "application/grpc")
+		hd.Set("Grpc-Status", code)
+		hd.Set("Grpc-Message", msg)
+		w.WriteHeader(http.StatusOK)
+		h.p.metrics.request(stat, clusterName, http.StatusOK)
+		return
+	}
+	status := f.httpStatus()
+	http.Error(w, f.text(), status)
+	h.p.metrics.request(stat, clusterName, status)
+}
+
+func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bool, stat string, rte *route, cl *cluster, ep *balancer.Endpoint) {
+	ctx := r.Context()
+	if rte.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rte.timeout)
+		defer cancel()
+	}
+	// Full duplex lets an HTTP/1.1 client keep sending while the response
+	// streams; HTTP/2 is always full duplex. The error only says HTTP/2.
+	_ = http.NewResponseController(w).EnableFullDuplex()
+
+	// The handler owns r.Header, so it is forwarded in place rather than
+	// cloned.
+	te := r.Header["Te"]
+	removeHopHeaders(r.Header)
+	delete(r.Header, "Te")
+	for _, v := range te {
+		if strings.Contains(strings.ToLower(v), "trailers") {
+			r.Header.Set("Te", "trailers")
+			break
+		}
+	}
+	if _, ok := r.Header["User-Agent"]; !ok {
+		// Stop the Transport from adding Go's own User-Agent.
+		r.Header["User-Agent"] = nil
+	}
+	body := r.Body
+	if r.ContentLength == 0 {
+		body = http.NoBody
+	}
+	out := &http.Request{
+		Method: r.Method,
+		URL: &url.URL{Scheme: "http", Host: ep.Address, Path: r.URL.Path, RawPath: r.URL.RawPath,
+			RawQuery: r.URL.RawQuery},
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        r.Header,
+		Body:          body,
+		ContentLength: r.ContentLength,
+		Host:          r.Host,
+		// The server fills r.Trailer's values once the body is read to EOF,
+		// which is before the Transport sends trailers, so sharing the map
+		// carries request trailers through.
+		Trailer: r.Trailer,
+	}
+	out = out.WithContext(ctx)
+
+	res, err := cl.transport.RoundTrip(out)
+	if err != nil {
+		f := classify(ctx, err)
+		if r.Context().Err() != nil {
+			// The client left; nobody reads the answer.
+			h.p.metrics.request(stat, cl.name, 499)
+			return
+		}
+		if h.p.log.Enabled(ctx, slog.LevelDebug) {
+			h.p.log.Debug("upstream request failed", "cluster", cl.name, "endpoint", ep.Address, "error", err)
+		}
+		h.fail(w, r, grpc, stat, cl.name, f)
+		return
+	}
+	defer res.Body.Close()
+
+	removeHopHeaders(res.Header)
+	hd := w.Header()
+	for k, vv := range res.Header {
+		hd[k] = vv
+	}
+	// Announce the trailers the upstream declared, and drop a Content-Length
+	// so an HTTP/1.1 client gets a chunked body that can carry them.
+	var declared []string
+	if len(res.Trailer) > 0 {
+		delete(hd, "Content-Length")
+		declared = make([]string, 0, len(res.Trailer))
+		for k := range res.Trailer {
+			declared = append(declared, k)
+		}
+		hd["Trailer"] = declared
+	}
+	w.WriteHeader(res.StatusCode)
+	h.p.metrics.request(stat, cl.name, res.StatusCode)
+
+	// Streams (gRPC, server-sent events, anything without a length) are
+	// flushed on every write, like ReverseProxy with FlushInterval -1.
+	flush := grpc || res.ContentLength == -1
+	if err := copyBody(w, res.Body, flush); err != nil {
+		// A response cut short must not look complete to the client: abort
+		// resets the HTTP/2 stream or closes the HTTP/1.1 connection.
+		if h.p.log.Enabled(ctx, slog.LevelDebug) {
+			h.p.log.Debug("response body copy ended", "cluster", cl.name, "endpoint", ep.Address, "error", err)
+		}
+		panic(http.ErrAbortHandler)
+	}
+	// Trailers (gRPC's status among them) arrive with the body's EOF.
+	for k, vv := range res.Trailer {
+		if slices.Contains(declared, k) {
+			hd[k] = vv
+		} else {
+			// HTTP/2 lets an upstream send trailers it did not declare.
+			hd[http.TrailerPrefix+k] = vv
+		}
+	}
+}
+
+// copyBody copies src to w with a pooled buffer, flushing after each write
+// when flush is set.
+func copyBody(w http.ResponseWriter, src io.Reader, flush bool) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	rc := http.NewResponseController(w)
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if flush {
+				if err := rc.Flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// classify maps a RoundTrip error to the failure the client is told about.
+func classify(ctx context.Context, err error) failure {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return failTimeout
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return failConnect
+	}
+	return failUpstream
+}
+
+var codeClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// codeClass is the bounded status label ("2xx"); 499 marks a client that
+// left before the answer.
+func codeClass(status int) string {
+	switch {
+	case status == 499:
+		return "client_closed"
+	case status >= 100 && status < 600:
+		return codeClasses[status/100-1]
+	default:
+		return "other"
+	}
+}

@@ -1,0 +1,87 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+
+	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/proxy/h1"
+)
+
+// h1Router gives the h1 engine the same routing and balancing as the
+// net/http path.
+type h1Router struct {
+	p *Proxy
+	l *httpListener
+}
+
+// Route implements h1.Router.
+func (r h1Router) Route(req *h1.Request) h1.Decision {
+	p := r.p
+	lcfg := r.l.cfg.Load()
+	stat := statName(lcfg)
+	st := p.state.Load()
+	rt := st.routes[lcfg.RouteName]
+	var rte *route
+	if rt != nil {
+		_, query, _ := strings.Cut(req.Target, "?")
+		head := requestHead{method: req.Method, host: req.Host, path: req.Path, query: query, header: funcHeaders(req.Header)}
+		rte = rt.match(&head)
+	}
+	if rte == nil {
+		p.metrics.request(stat, "", http.StatusNotFound)
+		return h1.Decision{Status: http.StatusNotFound}
+	}
+	if dr := rte.cfg.DirectResponse; dr != nil {
+		p.metrics.request(stat, "", dr.Status)
+		return h1.Decision{Status: dr.Status}
+	}
+	cl := rte.pickCluster()
+	if cl == nil {
+		p.metrics.request(stat, "", http.StatusServiceUnavailable)
+		return h1.Decision{Status: http.StatusServiceUnavailable}
+	}
+	if cl.cfg.Protocol != config.UpstreamHTTP1 {
+		// The table changed under a kept-alive h1 connection; setConfig
+		// has told it to close after this exchange, and the client's next
+		// connection goes to net/http, which speaks HTTP/2 upstream.
+		p.metrics.request(stat, cl.name, http.StatusServiceUnavailable)
+		return h1.Decision{Status: http.StatusServiceUnavailable}
+	}
+	ep := cl.bal.Pick()
+	if ep == nil {
+		p.metrics.request(stat, cl.name, http.StatusServiceUnavailable)
+		return h1.Decision{Status: http.StatusServiceUnavailable}
+	}
+	active := p.metrics.activeRequests.WithLabelValues(stat)
+	active.Inc()
+	return h1.Decision{
+		Addr:    ep.Address,
+		Timeout: rte.timeout,
+		Done: func(status int, err error) {
+			ep.Done()
+			active.Dec()
+			if status == 0 && err != nil {
+				status = h1FailureStatus(err)
+			}
+			p.metrics.request(stat, cl.name, status)
+		},
+	}
+}
+
+// h1FailureStatus is what the h1 engine answered when no upstream status
+// arrived (its documented mapping: connect 503, timeout 504, else 502).
+func h1FailureStatus(err error) int {
+	var op *net.OpError
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusGatewayTimeout
+	case errors.As(err, &op) && op.Op == "dial":
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusBadGateway
+	}
+}

@@ -1,0 +1,428 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+
+	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/proxy/h1"
+)
+
+// httpListener serves one ListenerHTTP. Its accept loop sniffs each
+// connection: HTTP/1.1 goes to the h1 fast path when the route table only
+// reaches HTTP/1.1 clusters; everything else goes to net/http: HTTP/1.1,
+// HTTP/2 with prior knowledge (http.Server.Protocols) and the HTTP/1.1
+// "Upgrade: h2c" path, which net/http does not implement and which
+// maybeUpgradeH2C handles with x/net's HTTP/2 server.
+type httpListener struct {
+	p   *Proxy
+	ln  net.Listener
+	cfg atomic.Pointer[config.Listener]
+	srv *http.Server
+
+	// Upgraded connections are hijacked away from srv, so srv.Shutdown
+	// neither waits for nor closes them; these track them instead. h2shadow
+	// is never served: it exists so that h2srv registers its graceful
+	// shutdown (GOAWAY) hook on it, which h2shadow.Shutdown then fires.
+	h2srv      *http2.Server
+	h2shadow   *http.Server
+	upgradedMu sync.Mutex
+	upgraded   map[net.Conn]struct{}
+	upgradedWG sync.WaitGroup
+	draining   bool // guarded by upgradedMu
+
+	// handoff feeds srv the connections the accept loop does not give to
+	// the h1 engine.
+	handoff *handoffListener
+	// stopCtx ends when drain starts; h1 connections and connections still
+	// being sniffed watch it.
+	stopCtx context.Context
+	stop    context.CancelFunc
+	// h1Ctx is the context of the current generation of h1-served
+	// connections: cancelled (so they finish their exchange and close) when
+	// the listener's route table stops being HTTP/1.1-only, so that their
+	// clients reconnect and get net/http.
+	h1Mu     sync.Mutex
+	h1Ctx    context.Context
+	h1Cancel context.CancelFunc
+	conns    sync.WaitGroup        // connections owned by the accept loop
+	connsMu  sync.Mutex            // guards live
+	live     map[net.Conn]struct{} // nil once drain has given up waiting
+}
+
+func (p *Proxy) newHTTPListener(ln net.Listener, cl *config.Listener) *httpListener {
+	l := &httpListener{p: p, ln: ln, upgraded: map[net.Conn]struct{}{}, live: map[net.Conn]struct{}{},
+		handoff: newHandoffListener(ln.Addr())}
+	l.cfg.Store(cl)
+	l.stopCtx, l.stop = context.WithCancel(context.Background())
+	l.h1Ctx, l.h1Cancel = context.WithCancel(l.stopCtx)
+	errLog := slog.NewLogLogger(p.log.With("listener", cl.Name).Handler(), slog.LevelDebug)
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	l.srv = &http.Server{
+		Handler:           listenerHandler{p: p, l: l},
+		Protocols:         protos,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          errLog,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          1000,
+			MaxReceiveBufferPerConnection: 4 << 20,
+			MaxReceiveBufferPerStream:     1 << 20,
+		},
+	}
+	l.h2srv = &http2.Server{
+		MaxConcurrentStreams:         1000,
+		MaxUploadBufferPerConnection: 4 << 20,
+		MaxUploadBufferPerStream:     1 << 20,
+		IdleTimeout:                  5 * time.Minute,
+	}
+	l.h2shadow = &http.Server{ErrorLog: errLog}
+	// ConfigureServer only errors on TLS cipher settings, which are unset.
+	_ = http2.ConfigureServer(l.h2shadow, l.h2srv)
+	return l
+}
+
+func (l *httpListener) setConfig(cl *config.Listener) {
+	l.cfg.Store(cl)
+	if !l.h1Eligible() {
+		l.h1Mu.Lock()
+		l.h1Cancel()
+		l.h1Ctx, l.h1Cancel = context.WithCancel(l.stopCtx)
+		l.h1Mu.Unlock()
+	}
+}
+
+func (l *httpListener) addr() net.Addr { return l.ln.Addr() }
+
+// h1Eligible reports whether new HTTP/1.1 connections may go to the h1
+// engine: enabled, and every cluster the route table reaches speaks
+// HTTP/1.1 (a missing table only yields 404s, which h1 answers too).
+func (l *httpListener) h1Eligible() bool {
+	if l.p.cfg.DisableH1FastPath || l.p.h1Pool == nil {
+		return false
+	}
+	st := l.p.state.Load()
+	rt := st.routes[l.cfg.Load().RouteName]
+	return rt == nil || rt.h1Only
+}
+
+func (l *httpListener) currentH1Ctx() context.Context {
+	l.h1Mu.Lock()
+	defer l.h1Mu.Unlock()
+	return l.h1Ctx
+}
+
+// serve runs net/http on the handoff listener and the accept loop, which
+// sends each connection either to the h1 engine or to net/http.
+func (l *httpListener) serve() {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		err := l.srv.Serve(l.handoff)
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			l.p.log.Error("listener stopped", "listener", l.cfg.Load().Name, "error", err)
+		}
+	})
+	var tempDelay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || l.stopCtx.Err() != nil {
+				break
+			}
+			// Out of file descriptors and the like: back off, as net/http does.
+			tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+			l.p.log.Warn("accept failed", "listener", l.cfg.Load().Name, "error", err)
+			t := time.NewTimer(tempDelay)
+			select {
+			case <-t.C:
+			case <-l.stopCtx.Done():
+				t.Stop()
+			}
+			continue
+		}
+		tempDelay = 0
+		if !l.track(c) {
+			_ = c.Close()
+			break
+		}
+		l.conns.Go(func() { l.dispatch(c) })
+	}
+	wg.Wait()
+}
+
+func (l *httpListener) track(c net.Conn) bool {
+	l.connsMu.Lock()
+	defer l.connsMu.Unlock()
+	if l.live == nil {
+		return false
+	}
+	l.live[c] = struct{}{}
+	return true
+}
+
+func (l *httpListener) untrack(c net.Conn) {
+	l.connsMu.Lock()
+	defer l.connsMu.Unlock()
+	delete(l.live, c)
+}
+
+// h2Preface starts every HTTP/2 prior-knowledge connection; no HTTP/1.1
+// request line starts with it, and every valid one is longer.
+const h2Preface = "PRI *"
+
+// aLongTimeAgo is a past deadline: setting it wakes a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// dispatch sniffs the first bytes of c: an HTTP/2 preface, or any
+// connection while the route table needs net/http, goes to srv; other
+// HTTP/1.1 connections are served by the h1 engine, which hands back
+// upgrade requests (h2c, WebSocket) through OnUpgrade.
+func (l *httpListener) dispatch(c net.Conn) {
+	tracked := true
+	defer func() {
+		if tracked {
+			l.untrack(c)
+		}
+	}()
+	if !l.h1Eligible() {
+		tracked = false
+		l.untrack(c)
+		l.toNetHTTP(c)
+		return
+	}
+	br := bufio.NewReaderSize(c, 4<<10)
+	// Wait for the first bytes, but not forever and not past a drain.
+	_ = c.SetReadDeadline(time.Now().Add(l.srv.ReadHeaderTimeout))
+	stopWatch := context.AfterFunc(l.stopCtx, func() { _ = c.SetReadDeadline(aLongTimeAgo) })
+	head, err := br.Peek(len(h2Preface))
+	if !stopWatch() || err != nil {
+		_ = c.Close()
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if string(head) == h2Preface || !l.h1Eligible() {
+		tracked = false
+		l.untrack(c)
+		l.toNetHTTP(&bufferedConn{Conn: c, r: br})
+		return
+	}
+	var upgraded net.Conn
+	opts := h1.Options{
+		IdleTimeout: l.srv.IdleTimeout,
+		OnUpgrade: func(c net.Conn, buffered []byte) {
+			upgraded = &prefixConn{Conn: c, prefix: buffered}
+		},
+	}
+	err = h1.Serve(l.currentH1Ctx(), c, br, h1Router{p: l.p, l: l}, l.p.h1Pool, opts)
+	if upgraded != nil {
+		tracked = false
+		l.untrack(c)
+		l.toNetHTTP(upgraded)
+		return
+	}
+	if err != nil && l.p.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.p.log.Debug("h1 connection ended", "listener", l.cfg.Load().Name, "error", err)
+	}
+}
+
+// toNetHTTP gives c to srv, or closes it when srv has stopped accepting.
+func (l *httpListener) toNetHTTP(c net.Conn) {
+	if !l.handoff.push(c) {
+		_ = c.Close()
+	}
+}
+
+func (l *httpListener) drain(timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	l.upgradedMu.Lock()
+	l.draining = true
+	l.upgradedMu.Unlock()
+	// Stop accepting first, then tell h1 connections to finish.
+	_ = l.ln.Close()
+	l.stop()
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		// Shutdown closes the handoff listener, sends GOAWAY on HTTP/2
+		// connections and waits for idle; past the deadline, Close cuts the
+		// rest.
+		if err := l.srv.Shutdown(ctx); err != nil {
+			_ = l.srv.Close()
+		}
+	})
+	wg.Go(func() {
+		_ = l.h2shadow.Shutdown(ctx) // starts GOAWAY on upgraded conns
+		waitOrClose(ctx, &l.upgradedWG, &l.upgradedMu, func() {
+			for c := range l.upgraded {
+				_ = c.Close()
+			}
+		})
+	})
+	wg.Go(func() {
+		waitOrClose(ctx, &l.conns, &l.connsMu, func() {
+			for c := range l.live {
+				_ = c.Close()
+			}
+			l.live = nil
+		})
+	})
+	wg.Wait()
+}
+
+// waitOrClose waits for wg; if ctx ends first it runs closeAll under mu and
+// waits again, which then returns promptly.
+func waitOrClose(ctx context.Context, wg *sync.WaitGroup, mu *sync.Mutex, closeAll func()) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		mu.Lock()
+		closeAll()
+		mu.Unlock()
+		<-done
+	}
+}
+
+// maybeUpgradeH2C takes over an HTTP/1.1 request carrying "Upgrade: h2c"
+// (RFC 7540 3.2) and serves the connection as HTTP/2 from then on, with the
+// upgrade request as stream 1. It reports whether it took the request.
+//
+// x/net's h2c package did this but is deprecated in favour of net/http's
+// Protocols, which only supports prior knowledge; so the upgrade is done here.
+// Requests with a body are answered over HTTP/1.1 instead (the RFC lets a
+// server ignore Upgrade), which spares buffering the body in memory.
+func (l *httpListener) maybeUpgradeH2C(w http.ResponseWriter, r *http.Request, h http.Handler) bool {
+	if r.ProtoMajor != 1 || r.ContentLength != 0 ||
+		!httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "h2c") ||
+		!httpguts.HeaderValuesContainsToken(r.Header["Connection"], "HTTP2-Settings") ||
+		len(r.Header["Http2-Settings"]) != 1 {
+		return false
+	}
+	settings, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(r.Header.Get("Http2-Settings"), "="))
+	if err != nil {
+		return false
+	}
+	l.upgradedMu.Lock()
+	if l.draining {
+		l.upgradedMu.Unlock()
+		return false
+	}
+	l.upgradedWG.Add(1)
+	l.upgradedMu.Unlock()
+	defer l.upgradedWG.Done()
+
+	conn, rw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	if _, err := rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"); err != nil {
+		_ = conn.Close()
+		return true
+	}
+	if err := rw.Flush(); err != nil {
+		_ = conn.Close()
+		return true
+	}
+	l.upgradedMu.Lock()
+	l.upgraded[conn] = struct{}{}
+	l.upgradedMu.Unlock()
+	defer func() {
+		l.upgradedMu.Lock()
+		delete(l.upgraded, conn)
+		l.upgradedMu.Unlock()
+		_ = conn.Close()
+	}()
+
+	for _, k := range []string{"Upgrade", "Connection", "Http2-Settings"} {
+		r.Header.Del(k)
+	}
+	r.Body = http.NoBody
+	// The client may already have sent its preface; it sits in rw.Reader.
+	c := &bufferedConn{Conn: conn, r: rw.Reader}
+	l.h2srv.ServeConn(c, &http2.ServeConnOpts{
+		Context:        context.WithoutCancel(r.Context()),
+		BaseConfig:     l.h2shadow,
+		Handler:        h,
+		UpgradeRequest: r,
+		Settings:       settings,
+	})
+	return true
+}
+
+// bufferedConn reads what the HTTP/1.1 server buffered before the hijack.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// prefixConn replays bytes the h1 engine read before handing c back.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// handoffListener is the net.Listener srv serves: the accept loop pushes the
+// connections net/http should handle.
+type handoffListener struct {
+	address net.Addr
+	ch      chan net.Conn
+	done    chan struct{}
+	once    sync.Once
+}
+
+func newHandoffListener(a net.Addr) *handoffListener {
+	return &handoffListener{address: a, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (h *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.ch:
+		return c, nil
+	case <-h.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (h *handoffListener) Close() error {
+	h.once.Do(func() { close(h.done) })
+	return nil
+}
+
+func (h *handoffListener) Addr() net.Addr { return h.address }
+
+// push hands c to whoever Accepts; false means the listener is closed.
+func (h *handoffListener) push(c net.Conn) bool {
+	select {
+	case h.ch <- c:
+		return true
+	case <-h.done:
+		return false
+	}
+}

@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the proxy's Prometheus series, on a private registry so that
+// two proxies in one process (tests) never collide. Labels are bounded by
+// configuration: listener stat names, cluster names, status classes; never a
+// path or an address.
+type metrics struct {
+	reg            *prometheus.Registry
+	requests       *prometheus.CounterVec
+	activeRequests *prometheus.GaugeVec
+	upstreamOpened *prometheus.CounterVec
+	upstreamActive *prometheus.GaugeVec
+	// The h1 engine's pool is keyed by address, not cluster.
+	h1UpstreamOpened prometheus.Counter
+	h1UpstreamActive prometheus.Gauge
+	tcpConns         *prometheus.CounterVec
+	tcpActive        *prometheus.GaugeVec
+	tcpBytes         *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_proxy_http_requests_total",
+			Help: "HTTP requests by listener, cluster (empty when unrouted) and response code class.",
+		}, []string{"listener", "cluster", "code_class"}),
+		activeRequests: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "verge_proxy_http_active_requests",
+			Help: "HTTP requests being served.",
+		}, []string{"listener"}),
+		upstreamOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_proxy_upstream_connections_opened_total",
+			Help: "Upstream HTTP connections opened by the cluster's pool.",
+		}, []string{"cluster"}),
+		upstreamActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "verge_proxy_upstream_connections_active",
+			Help: "Upstream HTTP connections open in the cluster's pool.",
+		}, []string{"cluster"}),
+		h1UpstreamOpened: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "verge_proxy_h1_upstream_connections_opened_total",
+			Help: "Upstream connections opened by the HTTP/1.1 fast path's shared pool.",
+		}),
+		h1UpstreamActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "verge_proxy_h1_upstream_connections_active",
+			Help: "Upstream connections open in the HTTP/1.1 fast path's shared pool.",
+		}),
+		tcpConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_proxy_tcp_connections_total",
+			Help: "TCP proxy connections by outcome (proxied, no_endpoint, connect_failed).",
+		}, []string{"listener", "cluster", "outcome"}),
+		tcpActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "verge_proxy_tcp_active_connections",
+			Help: "Downstream TCP proxy connections open.",
+		}, []string{"listener"}),
+		tcpBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_proxy_tcp_bytes_total",
+			Help: "Bytes proxied by TCP listeners, counted when a connection ends; direction sent is downstream to upstream.",
+		}, []string{"listener", "cluster", "direction"}),
+	}
+	m.reg.MustRegister(m.requests, m.activeRequests, m.upstreamOpened, m.upstreamActive,
+		m.h1UpstreamOpened, m.h1UpstreamActive,
+		m.tcpConns, m.tcpActive, m.tcpBytes,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) request(listener, cluster string, status int) {
+	m.requests.WithLabelValues(listener, cluster, codeClass(status)).Inc()
+}
