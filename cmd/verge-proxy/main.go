@@ -1,0 +1,31 @@
+// Command verge-proxy is Verge's data plane alone, for small devices: the
+// `verge proxy` role without the control plane, the store or the Kubernetes
+// and Gateway API types (checked by TestProxyDependencies).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"verge.dev/verge/internal/proxy/agent"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd := agent.NewCommand()
+	cmd.Use = "verge-proxy"
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	go func() {
+		// A second signal exits at once instead of waiting for the drain.
+		<-ctx.Done()
+		stop()
+	}()
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
