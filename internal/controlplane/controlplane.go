@@ -1,0 +1,264 @@
+// Package controlplane is the `verge control-plane` role: it opens the store,
+// binds the API, xDS and zone-sync listeners, and runs the API server, the
+// registry, the xDS server, the health endpoint and the dashboard until its
+// context ends, then shuts them down in order. It owns the wiring and the
+// shutdown order only; each part lives in its own package.
+//
+// On the API listener:
+//
+//	/apis/...                 resources (apiserver)
+//	/api/v1/proxies           xDS clients and their versions (xds)
+//	/api/v1/health/{ns}/{wl}  proxy readiness reports (registry)
+//	/healthz, /version, /metrics
+//	/                         dashboard (web)
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"verge.dev/verge/internal/apiserver"
+	"verge.dev/verge/internal/registry"
+	"verge.dev/verge/internal/store"
+	"verge.dev/verge/internal/store/bolt"
+	"verge.dev/verge/internal/store/etcd"
+	"verge.dev/verge/internal/xds"
+	"verge.dev/verge/web"
+)
+
+// Defaults, as DESIGN.md fixes them.
+const (
+	DefaultAPIAddr  = "127.0.0.1:7700"
+	DefaultXDSAddr  = "127.0.0.1:7701"
+	DefaultSyncAddr = "127.0.0.1:7702"
+	DefaultDataDir  = "./verge-data"
+)
+
+// drainTimeout bounds the graceful part of shutdown for each server.
+const drainTimeout = 5 * time.Second
+
+// Config is the role's bootstrap configuration. Zero fields take defaults.
+type Config struct {
+	// APIAddr serves the REST API, health reports and the dashboard.
+	APIAddr string
+	// XDSAddr serves gRPC xDS.
+	XDSAddr string
+	// SyncAddr is held for zone sync (not served yet).
+	SyncAddr string
+	// DataDir holds the bbolt file verge.db (Store "bolt").
+	DataDir string
+	// Store is "bolt" (default) or "etcd".
+	Store string
+	// EtcdEndpoints and EtcdPrefix locate the etcd cluster (Store "etcd").
+	EtcdEndpoints []string
+	EtcdPrefix    string
+	// Version is what /version reports; default the binary's module version.
+	Version string
+}
+
+// Addrs are the bound addresses, host:port.
+type Addrs struct {
+	API, XDS, Sync string
+}
+
+func (c Config) withDefaults() Config {
+	if c.APIAddr == "" {
+		c.APIAddr = DefaultAPIAddr
+	}
+	if c.XDSAddr == "" {
+		c.XDSAddr = DefaultXDSAddr
+	}
+	if c.SyncAddr == "" {
+		c.SyncAddr = DefaultSyncAddr
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.Store == "" {
+		c.Store = "bolt"
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			c.Version = bi.Main.Version
+		}
+	}
+	return c
+}
+
+// Run runs the control plane until ctx ends (it then returns nil) or a part
+// fails. Once every listener is bound it calls ready, when not nil, with the
+// bound addresses (useful with port 0) and logs "control plane ready".
+// Shutdown: stop accepting and drain HTTP and gRPC (each for at most 5 s),
+// then stop the registry, then close the store.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)) (err error) {
+	cfg = cfg.withDefaults()
+	st, err := openStore(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := st.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close store: %w", cerr))
+		}
+	}()
+
+	var lc net.ListenConfig
+	var lis [3]net.Listener
+	for i, a := range []struct{ name, addr string }{{"api", cfg.APIAddr}, {"xds", cfg.XDSAddr}, {"sync", cfg.SyncAddr}} {
+		l, err := lc.Listen(ctx, "tcp", a.addr)
+		if err != nil {
+			for _, prev := range lis[:i] {
+				prev.Close()
+			}
+			return fmt.Errorf("listen %s %q: %w", a.name, a.addr, err)
+		}
+		lis[i] = l
+	}
+	apiLis, xdsLis, syncLis := lis[0], lis[1], lis[2]
+	addrs := Addrs{API: apiLis.Addr().String(), XDS: xdsLis.Addr().String(), Sync: syncLis.Addr().String()}
+
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := registry.New(st, logger)
+	xsrv := xds.New(xds.Config{Meshes: reg.Meshes(), Observer: reg, Registerer: metrics}, logger)
+	hs := &http.Server{
+		Handler:           apiHandler(cfg, st, reg, xsrv, metrics, logger),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	// Loops stop only after the servers drained, so that in-flight requests
+	// and streams still see a live registry.
+	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLoops()
+	var servers sync.WaitGroup
+
+	servers.Add(3)
+	g.Go(func() error {
+		defer servers.Done()
+		if err := hs.Serve(apiLis); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve api %s: %w", addrs.API, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		defer servers.Done()
+		<-gctx.Done()
+		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		defer cancel()
+		if err := hs.Shutdown(dctx); err != nil {
+			logger.Warn("api drain timed out", "err", err)
+			hs.Close()
+		}
+		return nil
+	})
+	g.Go(func() error {
+		defer servers.Done()
+		return xsrv.Run(gctx, xdsLis)
+	})
+	g.Go(func() error { return holdSync(gctx, syncLis) })
+	g.Go(func() error { return reg.Run(loopCtx) })
+	g.Go(func() error {
+		servers.Wait()
+		stopLoops()
+		return nil
+	})
+
+	if ready != nil {
+		ready(addrs)
+	}
+	logger.Info("control plane ready", "api", addrs.API, "xds", addrs.XDS, "sync", addrs.Sync, "store", cfg.Store)
+	err = g.Wait()
+	logger.Info("control plane stopped")
+	return err
+}
+
+func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (store.Store, error) {
+	switch cfg.Store {
+	case "bolt":
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		st, err := bolt.Open(filepath.Join(cfg.DataDir, "verge.db"), logger)
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return st, nil
+	case "etcd":
+		st, err := etcd.New(ctx, etcd.Config{Endpoints: cfg.EtcdEndpoints, Prefix: cfg.EtcdPrefix, DialTimeout: 5 * time.Second}, logger)
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return st, nil
+	default:
+		return nil, fmt.Errorf("open store: unknown backend %q: want bolt or etcd", cfg.Store)
+	}
+}
+
+// holdSync keeps the zone-sync address bound (so a second control plane
+// cannot take it and clients get a clean refusal pattern) until zone sync
+// is implemented: it accepts connections and closes them at once.
+func holdSync(ctx context.Context, lis net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { lis.Close() })
+	defer stop()
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept sync %s: %w", lis.Addr(), err)
+		}
+		c.Close()
+	}
+}
+
+func apiHandler(cfg Config, st store.Store, reg *registry.Registry, xsrv *xds.Server, metrics *prometheus.Registry, logger *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	api := apiserver.New(st, logger).Handler()
+	mux.Handle("/apis", api)
+	mux.Handle("/apis/", api)
+	mux.Handle("/api/v1/proxies", xsrv.Handler())
+	mux.Handle(registry.HealthPath, reg.HealthHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"version": cfg.Version})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+	mux.Handle("/", web.Handler(dashboardSource{reg: reg, xds: xsrv}))
+	return mux
+}
+
+// dashboardSource joins the registry's and the xDS server's views for the
+// dashboard.
+type dashboardSource struct {
+	reg *registry.Registry
+	xds *xds.Server
+}
+
+func (d dashboardSource) Status() ([]registry.ServiceStatus, []registry.WorkloadStatus) {
+	return d.reg.Status()
+}
+
+func (d dashboardSource) ProxyStatus() []xds.ProxyStatus { return d.xds.ProxyStatus() }

@@ -1,0 +1,553 @@
+// Package xds owns the control plane's xDS server: the gRPC ADS endpoint (and
+// the separate LDS, RDS, CDS and EDS services, state-of-the-world and delta)
+// built on go-control-plane, the per-client snapshots it offers, and what it
+// knows of each client (sent, acknowledged and rejected versions). It does not
+// translate mesh resources (package xds/translate does) nor keep them (package
+// registry does): it receives each new translate.Mesh on a channel.
+//
+// Data flow:
+//
+//	registry --Mesh--> Server.Run loop --translate.NewIndex--> per-client
+//	Resources --Validate, hash--> cache.Snapshot --SetSnapshot--> streams
+//
+// A client whose node metadata has "workload": "namespace/name" is a Verge
+// proxy and gets translate's ForWorkload output; any other client (Envoy,
+// proxyless gRPC) gets ForProxyless. Each type's version is a hash of its
+// resources, so a change reaches every client it affects, and only those.
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"verge.dev/verge/api/v1alpha1"
+	"verge.dev/verge/internal/xds/translate"
+)
+
+// MetadataWorkload is the node metadata field a Verge proxy sets to
+// "namespace/name" of its Workload.
+const MetadataWorkload = "workload"
+
+// ConnectionObserver learns when a Verge proxy's xDS streams open and close
+// (the registry uses it for workload health). The server calls
+// ProxyConnected once per stream, when the stream's first request names the
+// node, and ProxyDisconnected once when that stream ends, so the calls are
+// balanced per stream: a workload's proxy is connected while it has more
+// connected than disconnected calls. Calls come from gRPC stream goroutines,
+// possibly concurrently, and must not block.
+type ConnectionObserver interface {
+	ProxyConnected(namespace, name string)
+	ProxyDisconnected(namespace, name string)
+}
+
+// Config is the server's bootstrap configuration.
+type Config struct {
+	// Meshes delivers each new mesh state; Run reads it until ctx ends. The
+	// sender coalesces (latest wins); nil means no updates.
+	Meshes <-chan translate.Mesh
+	// Observer, when set, is told of Verge proxy streams opening and closing.
+	Observer ConnectionObserver
+	// Registerer, when set, receives the server's metrics.
+	Registerer prometheus.Registerer
+	// GoneAfter is how long a node's snapshot and status outlive its last
+	// stream; default 1 minute.
+	GoneAfter time.Duration
+	// ShutdownTimeout bounds the graceful drain of streams; default 5 s.
+	ShutdownTimeout time.Duration
+}
+
+// Server is the xDS server. Create it with New, serve with Run. ProxyStatus
+// and Handler are safe to call at any time from any goroutine.
+type Server struct {
+	cfg    Config
+	logger *slog.Logger
+	// proxies holds Verge proxies' snapshots and answers in ADS mode, which
+	// orders responses so a proxy never sees a route before its cluster.
+	// proxyless holds everyone else's: a gRPC client subscribes only to the
+	// listener it dials, and an ADS-mode cache stays silent on a request
+	// that does not name every resource of the type. mux picks by node.
+	proxies, proxyless cache.SnapshotCache
+	mux                cache.Cache
+
+	nacks        *prometheus.CounterVec
+	inconsistent prometheus.Counter
+	invalid      prometheus.Counter
+
+	// pubMu serialises computing and setting snapshots, so that a snapshot
+	// built from an older mesh never replaces one built from a newer mesh.
+	pubMu sync.Mutex
+	// cur is the latest mesh's state; nil until the first mesh. Guarded by pubMu.
+	cur *meshState
+
+	// mu guards the fields below; never held while calling out.
+	mu      sync.Mutex
+	nodes   map[string]*nodeState
+	streams map[streamKey]*streamState
+}
+
+// meshState is one mesh's translation index and the snapshots built from it
+// so far, shared by every client with the same workload ("" for proxyless).
+type meshState struct {
+	ix        *translate.Index
+	workloads map[string]*v1alpha1.Workload
+	snaps     map[string]*cache.Snapshot
+}
+
+type nodeState struct {
+	id                  string
+	namespace, workload string
+	streams             int
+	connectedAt         time.Time
+	disconnectedAt      time.Time
+	types               map[string]*TypeStatus
+}
+
+// streamKey tells apart streams of the state-of-the-world and delta servers,
+// which number their streams independently.
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+type streamState struct {
+	nodeID string
+	// nonces maps a delta response's nonce to its system version, so that
+	// an ACK (which carries only the nonce) can be attributed.
+	nonces map[string]string
+}
+
+// maxNonces bounds streamState.nonces; a client that never answers cannot
+// grow it further.
+const maxNonces = 64
+
+// New returns a server; it serves nothing until Run.
+func New(cfg Config, logger *slog.Logger) *Server {
+	if cfg.GoneAfter <= 0 {
+		cfg.GoneAfter = time.Minute
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	logger = logger.With("component", "xds")
+	s := &Server{
+		cfg:       cfg,
+		logger:    logger,
+		proxies:   cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{logger}),
+		proxyless: cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{logger}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_xds_nacks_total",
+			Help: "xDS responses rejected by clients, by type URL.",
+		}, []string{"type_url"}),
+		inconsistent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "verge_xds_inconsistent_snapshots_total",
+			Help: "Snapshots withheld because they failed Consistent().",
+		}),
+		invalid: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "verge_xds_invalid_resources_total",
+			Help: "Snapshots withheld because a resource failed Validate().",
+		}),
+		nodes:   map[string]*nodeState{},
+		streams: map[streamKey]*streamState{},
+	}
+	s.mux = &cache.MuxCache{
+		Classify:      func(r *cache.Request) string { return cacheKind(r.GetNode()) },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return cacheKind(r.GetNode()) },
+		Caches:        map[string]cache.Cache{kindProxy: s.proxies, kindProxyless: s.proxyless},
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.nacks, s.inconsistent, s.invalid)
+	}
+	return s
+}
+
+const (
+	kindProxy     = "proxy"
+	kindProxyless = "proxyless"
+)
+
+// cacheKind tells a Verge proxy (it names its workload) from any other client.
+func cacheKind(node *corev3.Node) string {
+	if _, name := parseWorkload(node); name != "" {
+		return kindProxy
+	}
+	return kindProxyless
+}
+
+// Run serves xDS on lis until ctx ends or serving fails, applying each mesh
+// from Config.Meshes. On cancellation it drains streams for at most
+// Config.ShutdownTimeout, then closes them, and returns nil. It closes lis.
+func (s *Server) Run(ctx context.Context, lis net.Listener) error {
+	g, ctx := errgroup.WithContext(ctx)
+
+	gs := grpc.NewServer(
+		// Verge proxies ping every 10 s to notice a dead control plane
+		// quickly; without this policy grpc-go would close them with
+		// ENHANCE_YOUR_CALM. MinTime sits below 10 s so that timer jitter
+		// on the client never counts as a strike.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             5 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    30 * time.Second,
+			Timeout: 10 * time.Second,
+		}),
+	)
+	xs := serverv3.NewServer(ctx, s.mux, s.callbacks())
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, xs)
+	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xs)
+	routeservice.RegisterRouteDiscoveryServiceServer(gs, xs)
+	clusterservice.RegisterClusterDiscoveryServiceServer(gs, xs)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(gs, xs)
+
+	s.logger.Info("xds server started", "addr", lis.Addr().String())
+	g.Go(func() error {
+		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serve xds %s: %w", lis.Addr(), err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		stopped := make(chan struct{})
+		go func() {
+			gs.GracefulStop()
+			close(stopped)
+		}()
+		t := time.NewTimer(s.cfg.ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-stopped:
+		case <-t.C:
+			s.logger.Warn("xds drain timed out", "timeout", s.cfg.ShutdownTimeout)
+			gs.Stop()
+			<-stopped
+		}
+		return nil
+	})
+	g.Go(func() error { return s.loop(ctx) })
+	err := g.Wait()
+	s.logger.Info("xds server stopped")
+	return err
+}
+
+// loop applies meshes and forgets nodes gone for longer than GoneAfter.
+func (s *Server) loop(ctx context.Context) error {
+	sweep := time.NewTicker(max(s.cfg.GoneAfter/4, time.Second))
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m, ok := <-s.cfg.Meshes:
+			if !ok {
+				// The producer has stopped; keep serving the last mesh.
+				s.cfg.Meshes = nil
+				continue
+			}
+			s.apply(m)
+		case now := <-sweep.C:
+			s.sweep(now)
+		}
+	}
+}
+
+// apply makes m the current mesh and updates every known node's snapshot.
+func (s *Server) apply(m translate.Mesh) {
+	start := time.Now()
+	st := &meshState{
+		ix:        translate.NewIndex(m),
+		workloads: make(map[string]*v1alpha1.Workload, len(m.Workloads)),
+		snaps:     map[string]*cache.Snapshot{},
+	}
+	for _, wl := range m.Workloads {
+		st.workloads[wl.Namespace+"/"+wl.Name] = wl
+	}
+
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	s.cur = st
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.nodes))
+	for id := range s.nodes {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		s.publishLocked(id)
+	}
+	s.logger.Debug("mesh applied", "nodes", len(ids), "duration", time.Since(start))
+}
+
+// publishLocked computes and sets the snapshot of node id from the current
+// mesh. s.pubMu must be held.
+func (s *Server) publishLocked(id string) {
+	if s.cur == nil {
+		return
+	}
+	s.mu.Lock()
+	n, ok := s.nodes[id]
+	var key string
+	if ok && n.workload != "" {
+		key = n.namespace + "/" + n.workload
+	}
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+
+	snap, ok := s.cur.snaps[key]
+	if !ok {
+		var r translate.Resources
+		if key == "" {
+			r = s.cur.ix.ForProxyless()
+		} else if wl, found := s.cur.workloads[key]; found {
+			r = s.cur.ix.ForWorkload(wl)
+		}
+		// A Verge proxy whose Workload is not (yet) stored gets an empty
+		// configuration rather than a proxyless one.
+		var err error
+		snap, err = buildSnapshot(r)
+		if err != nil {
+			s.invalid.Inc()
+			s.logger.Error("snapshot withheld", "node", id, "workload", key, "err", err)
+			snap = nil
+		} else if key != "" {
+			// Proxyless api listeners reference no RDS, so only Verge proxy
+			// snapshots can be held to Consistent().
+			if err := snap.Consistent(); err != nil {
+				s.inconsistent.Inc()
+				s.logger.Error("snapshot withheld", "node", id, "workload", key, "err", err)
+				snap = nil
+			}
+		}
+		s.cur.snaps[key] = snap
+	}
+	if snap == nil {
+		return
+	}
+	// The cache only writes to buffered channels sized for one response per
+	// type per stream, so this does not block on a slow client.
+	c := s.proxyless
+	if key != "" {
+		c = s.proxies
+	}
+	if err := c.SetSnapshot(context.Background(), id, snap); err != nil {
+		s.logger.Error("set snapshot", "node", id, "err", err)
+	}
+}
+
+// sweep forgets nodes without streams since before now-GoneAfter.
+func (s *Server) sweep(now time.Time) {
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	var gone []string
+	s.mu.Lock()
+	for id, n := range s.nodes {
+		if n.streams == 0 && now.Sub(n.disconnectedAt) > s.cfg.GoneAfter {
+			delete(s.nodes, id)
+			gone = append(gone, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range gone {
+		s.proxies.ClearSnapshot(id)
+		s.proxyless.ClearSnapshot(id)
+		s.logger.Debug("node forgotten", "node", id)
+	}
+}
+
+func (s *Server) callbacks() serverv3.Callbacks {
+	return serverv3.CallbackFuncs{
+		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
+			s.onRequest(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+			return nil
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+			s.onResponse(streamKey{id: id}, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce())
+		},
+		StreamClosedFunc: func(id int64, _ *corev3.Node) { s.onClose(streamKey{id: id}) },
+		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			s.onRequest(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), "", req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+			return nil
+		},
+		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+			s.onResponse(streamKey{delta: true, id: id}, resp.GetTypeUrl(), resp.GetSystemVersionInfo(), resp.GetNonce())
+		},
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { s.onClose(streamKey{delta: true, id: id}) },
+	}
+}
+
+// onRequest records a client request: the first on a stream registers the
+// stream (and the node, which then gets its snapshot at once); an ACK or NACK
+// updates the type's status. versionInfo is empty for delta requests, whose
+// ACKs are attributed through the nonce.
+func (s *Server) onRequest(k streamKey, node *corev3.Node, typeURL, versionInfo, nonce, nackMsg string, nack bool) {
+	now := time.Now()
+	var newStream, newNode bool
+	var ns, name, nodeID string
+
+	s.mu.Lock()
+	st, ok := s.streams[k]
+	if !ok {
+		newStream = true
+		st = &streamState{nodeID: node.GetId(), nonces: map[string]string{}}
+		s.streams[k] = st
+	}
+	n, ok := s.nodes[st.nodeID]
+	if !ok {
+		newNode = true
+		n = &nodeState{id: st.nodeID, types: map[string]*TypeStatus{}}
+		n.namespace, n.workload = parseWorkload(node)
+		s.nodes[st.nodeID] = n
+	}
+	if newStream {
+		if n.streams == 0 {
+			n.connectedAt = now
+		}
+		n.streams++
+	}
+	nodeID, ns, name = n.id, n.namespace, n.workload
+	if typeURL != "" && nonce != "" {
+		ts := n.types[typeURL]
+		if ts == nil {
+			ts = &TypeStatus{}
+			n.types[typeURL] = ts
+		}
+		if k.delta {
+			versionInfo = st.nonces[nonce]
+			delete(st.nonces, nonce)
+		}
+		if nack {
+			ts.NACK = nackMsg
+		} else {
+			ts.AckedVersion = versionInfo
+			ts.NACK = ""
+		}
+		ts.UpdatedAt = now
+	}
+	s.mu.Unlock()
+
+	if newStream {
+		s.logger.Info("proxy stream opened", "node", nodeID, "workload", joinWorkload(ns, name), "delta", k.delta)
+		if name != "" && s.cfg.Observer != nil {
+			s.cfg.Observer.ProxyConnected(ns, name)
+		}
+	}
+	if nack && nonce != "" {
+		s.nacks.WithLabelValues(typeURL).Inc()
+		s.logger.Warn("config rejected", "node", nodeID, "type_url", typeURL, "version", versionInfo, "error", nackMsg)
+	}
+	if newNode {
+		s.pubMu.Lock()
+		s.publishLocked(nodeID)
+		s.pubMu.Unlock()
+	}
+}
+
+func (s *Server) onResponse(k streamKey, typeURL, version, nonce string) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.streams[k]
+	if !ok {
+		return
+	}
+	n, ok := s.nodes[st.nodeID]
+	if !ok {
+		return
+	}
+	if k.delta {
+		if len(st.nonces) >= maxNonces {
+			clear(st.nonces)
+		}
+		st.nonces[nonce] = version
+	}
+	ts := n.types[typeURL]
+	if ts == nil {
+		ts = &TypeStatus{}
+		n.types[typeURL] = ts
+	}
+	ts.SentVersion = version
+	ts.UpdatedAt = now
+}
+
+func (s *Server) onClose(k streamKey) {
+	s.mu.Lock()
+	st, ok := s.streams[k]
+	if !ok {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.streams, k)
+	var ns, name string
+	if n, ok := s.nodes[st.nodeID]; ok {
+		n.streams--
+		if n.streams == 0 {
+			n.disconnectedAt = time.Now()
+		}
+		ns, name = n.namespace, n.workload
+	}
+	s.mu.Unlock()
+
+	s.logger.Info("proxy stream closed", "node", st.nodeID, "workload", joinWorkload(ns, name), "delta", k.delta)
+	if name != "" && s.cfg.Observer != nil {
+		s.cfg.Observer.ProxyDisconnected(ns, name)
+	}
+}
+
+// parseWorkload reads the node's "workload" metadata: "namespace/name", or a
+// bare name in the default namespace. Both are empty when it is absent.
+func parseWorkload(node *corev3.Node) (namespace, name string) {
+	v := node.GetMetadata().GetFields()[MetadataWorkload].GetStringValue()
+	if v == "" {
+		return "", ""
+	}
+	if ns, n, ok := strings.Cut(v, "/"); ok {
+		return ns, n
+	}
+	return v1alpha1.DefaultNamespace, v
+}
+
+func joinWorkload(ns, name string) string {
+	if name == "" {
+		return ""
+	}
+	return ns + "/" + name
+}
+
+// cacheLogger sends go-control-plane's cache logs to slog at debug level (its
+// warnings are routine, e.g. a client asking for a resource not yet known).
+type cacheLogger struct{ l *slog.Logger }
+
+func (c cacheLogger) Debugf(format string, args ...any) { c.log(format, args...) }
+func (c cacheLogger) Infof(format string, args ...any)  { c.log(format, args...) }
+func (c cacheLogger) Warnf(format string, args ...any)  { c.log(format, args...) }
+func (c cacheLogger) Errorf(format string, args ...any) {
+	c.l.Error("xds cache", "detail", fmt.Sprintf(format, args...))
+}
+
+func (c cacheLogger) log(format string, args ...any) {
+	if c.l.Enabled(context.Background(), slog.LevelDebug) {
+		c.l.Debug("xds cache", "detail", fmt.Sprintf(format, args...))
+	}
+}
