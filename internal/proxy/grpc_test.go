@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
-	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -28,17 +27,17 @@ type testService struct {
 	name string
 }
 
-func (s *testService) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+func (s *testService) UnaryCall(ctx context.Context, in *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
 	_ = grpc.SetTrailer(ctx, metadata.Pairs("x-server", s.name))
 	if st := in.GetResponseStatus(); st != nil && st.Code != 0 {
 		return nil, status.Error(codes.Code(st.Code), st.Message)
 	}
-	return &testpb.SimpleResponse{Hostname: s.name, Payload: &testpb.Payload{Body: make([]byte, in.GetResponseSize())}}, nil
+	return &testgrpc.SimpleResponse{Hostname: s.name, Payload: &testgrpc.Payload{Body: make([]byte, in.GetResponseSize())}}, nil
 }
 
-func (s *testService) StreamingOutputCall(in *testpb.StreamingOutputCallRequest, stream testgrpc.TestService_StreamingOutputCallServer) error {
+func (s *testService) StreamingOutputCall(in *testgrpc.StreamingOutputCallRequest, stream testgrpc.TestService_StreamingOutputCallServer) error {
 	for _, p := range in.GetResponseParameters() {
-		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: make([]byte, p.GetSize())}}); err != nil {
+		if err := stream.Send(&testgrpc.StreamingOutputCallResponse{Payload: &testgrpc.Payload{Body: make([]byte, p.GetSize())}}); err != nil {
 			return err
 		}
 	}
@@ -50,7 +49,7 @@ func (s *testService) StreamingInputCall(stream testgrpc.TestService_StreamingIn
 	for {
 		in, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return stream.SendAndClose(&testpb.StreamingInputCallResponse{AggregatedPayloadSize: sum})
+			return stream.SendAndClose(&testgrpc.StreamingInputCallResponse{AggregatedPayloadSize: sum})
 		}
 		if err != nil {
 			return err
@@ -72,7 +71,7 @@ func (s *testService) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallS
 			return status.Error(codes.Code(st.Code), st.Message)
 		}
 		for _, p := range in.GetResponseParameters() {
-			if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: make([]byte, p.GetSize())}}); err != nil {
+			if err := stream.Send(&testgrpc.StreamingOutputCallResponse{Payload: &testgrpc.Payload{Body: make([]byte, p.GetSize())}}); err != nil {
 				return err
 			}
 		}
@@ -123,7 +122,7 @@ func TestGRPC(t *testing.T) {
 
 	t.Run("unary with trailers", func(t *testing.T) {
 		var trailer metadata.MD
-		res, err := client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 10}, grpc.Trailer(&trailer))
+		res, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{ResponseSize: 10}, grpc.Trailer(&trailer))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,16 +140,16 @@ func TestGRPC(t *testing.T) {
 			wantCode codes.Code
 		}{
 			{name: "not found from upstream", wantCode: codes.NotFound, msg: "no such thing", call: func() error {
-				_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.NotFound), Message: "no such thing"}})
+				_, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.NotFound), Message: "no such thing"}})
 				return err
 			}},
 			{name: "no route is unimplemented", wantCode: codes.Unimplemented, msg: "no route", call: func() error {
 				// No route matches grpc.testing.UnimplementedService.
-				_, err := testgrpc.NewUnimplementedServiceClient(cc).UnimplementedCall(ctx, &testpb.Empty{})
+				_, err := testgrpc.NewUnimplementedServiceClient(cc).UnimplementedCall(ctx, &testgrpc.Empty{})
 				return err
 			}},
 			{name: "no endpoint is unavailable", wantCode: codes.Unavailable, msg: "no healthy upstream", call: func() error {
-				_, err := client.EmptyCall(ctx, &testpb.Empty{})
+				_, err := client.EmptyCall(ctx, &testgrpc.Empty{})
 				return err
 			}},
 		}
@@ -165,7 +164,7 @@ func TestGRPC(t *testing.T) {
 	})
 
 	t.Run("large message", func(t *testing.T) {
-		res, err := client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 3 << 20, Payload: &testpb.Payload{Body: make([]byte, 3<<20)}})
+		res, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{ResponseSize: 3 << 20, Payload: &testgrpc.Payload{Body: make([]byte, 3<<20)}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,7 +174,7 @@ func TestGRPC(t *testing.T) {
 	})
 
 	t.Run("server streaming", func(t *testing.T) {
-		stream, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}, {Size: 2}, {Size: 3}}})
+		stream, err := client.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{ResponseParameters: []*testgrpc.ResponseParameters{{Size: 1}, {Size: 2}, {Size: 3}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,7 +200,7 @@ func TestGRPC(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, n := range []int{10, 20, 30} {
-			if err := stream.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: make([]byte, n)}}); err != nil {
+			if err := stream.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: make([]byte, n)}}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -222,7 +221,7 @@ func TestGRPC(t *testing.T) {
 		// Ping-pong proves both directions are open at once: each answer
 		// arrives before the client half-closes.
 		for i := range 20 {
-			if err := stream.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: int32(i + 1)}}}); err != nil {
+			if err := stream.Send(&testgrpc.StreamingOutputCallRequest{ResponseParameters: []*testgrpc.ResponseParameters{{Size: int32(i + 1)}}}); err != nil {
 				t.Fatal(err)
 			}
 			m, err := stream.Recv()
@@ -233,7 +232,7 @@ func TestGRPC(t *testing.T) {
 				t.Errorf("message %d: %d bytes, want %d", i, got, i+1)
 			}
 		}
-		if err := stream.Send(&testpb.StreamingOutputCallRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.FailedPrecondition), Message: "stop"}}); err != nil {
+		if err := stream.Send(&testgrpc.StreamingOutputCallRequest{ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.FailedPrecondition), Message: "stop"}}); err != nil {
 			t.Fatal(err)
 		}
 		_, err = stream.Recv()
@@ -256,7 +255,7 @@ func TestGRPCHotUpdateDuringStream(t *testing.T) {
 	}
 	exchange := func(i int) {
 		t.Helper()
-		if err := stream.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: int32(i)}}}); err != nil {
+		if err := stream.Send(&testgrpc.StreamingOutputCallRequest{ResponseParameters: []*testgrpc.ResponseParameters{{Size: int32(i)}}}); err != nil {
 			t.Fatalf("send %d: %v", i, err)
 		}
 		m, err := stream.Recv()
@@ -273,7 +272,7 @@ func TestGRPCHotUpdateDuringStream(t *testing.T) {
 	for i, eps := range [][]string{{b1, b2}, {b2}, {b2}} {
 		tp.Update(grpcSnapshot(eps...))
 		exchange(i + 2)
-		res, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
+		res, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{})
 		if err != nil {
 			t.Fatalf("unary after update %d: %v", i, err)
 		}

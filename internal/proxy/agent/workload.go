@@ -69,7 +69,7 @@ func (c Config) workload() workload {
 		w.Spec.Ports = append(w.Spec.Ports, workloadPort{Port: p.AppPort, InboundPort: p.InboundPort})
 	}
 	for _, o := range c.Outbound {
-		w.Spec.Upstreams = append(w.Spec.Upstreams, workloadUpstream{Service: o.Service, Port: o.Port, LocalPort: o.LocalPort, LocalAddress: o.LocalAddress})
+		w.Spec.Upstreams = append(w.Spec.Upstreams, workloadUpstream(o))
 	}
 	return w
 }

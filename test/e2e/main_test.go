@@ -1,0 +1,36 @@
+// Package e2e runs the real verge binary as separate processes on loopback:
+// control planes, proxies and the CLI, with real HTTP/1.1, HTTP/2, gRPC and
+// TCP clients and servers. The binary is built once in TestMain.
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// vergeBin is the verge binary under test, built by TestMain.
+var vergeBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "verge-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	vergeBin = filepath.Join(dir, "verge")
+	cmd := exec.Command("go", "build", "-o", vergeBin, "verge.dev/verge/cmd/verge")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build verge:", err)
+		return 1
+	}
+	return m.Run()
+}
