@@ -180,6 +180,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	target := fmt.Sprintf("http://%s:%d/", frontendIP, inboundPort)
+	// The banner and the load wait until traffic flows end to end, so the
+	// first numbers a newcomer sees are not start-up failures.
+	if err := waitHTTP(ctx, target, 60*time.Second); err != nil {
+		return fmt.Errorf("the mesh did not start serving (logs: %s): %w", logs, err)
+	}
 	fmt.Fprintf(cfg.Out, `
 Verge demo is running.
 
