@@ -1,0 +1,395 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"verge.dev/verge/bench/load"
+)
+
+// options is the harness's configuration, read once from flags.
+type options struct {
+	out              string
+	warmup, duration time.Duration
+	maxRequests      int64
+	cases            *regexp.Regexp
+	http, grpc       bool
+	proxyBinary      string
+	root             string
+	keep, skipScale  bool
+	command          string
+}
+
+// Loopback addresses of the non-Verge processes.
+const (
+	ipBackend = "127.88.0.1"
+	ipStock   = "127.88.1." // + hop number
+	ipHAProxy = "127.88.2." // + hop number
+)
+
+// tunedIdle is MaxIdleConnsPerHost of the tuned stock proxies: the largest
+// connection count of any load, so no load's connections outgrow the idle
+// pool (for a load of C connections it is the same as C).
+const tunedIdle = 64
+
+// loadDef is one load shape.
+type loadDef struct {
+	name  string
+	conns int
+	rate  float64 // req/s; 0: closed loop
+}
+
+var loads = []loadDef{
+	{"closed loop, 1 connection", 1, 0},
+	{"closed loop, 16 connections", 16, 0},
+	{"closed loop, 64 connections", 64, 0},
+	{"open loop, 1,000 req/s over 16 connections", 16, 1000},
+}
+
+// caseDef is one path from the load generator to the backend.
+type caseDef struct {
+	key   string // for -cases and the floors
+	title string
+	path  string
+	// First-hop addresses; empty when the case doesn't carry the protocol.
+	http, grpc string
+	// pids are every process in the path except the load generator: their
+	// CPU time is charged to the case.
+	pids []int
+	// noGRPC marks cases that carry HTTP/1.1 only.
+	noGRPC bool
+	// vergeProxies are watched for RSS under load.
+	vergeProxies []*proc
+	setupErr     error
+}
+
+func (c *caseDef) addr(p load.Protocol) string {
+	if p == load.GRPC {
+		return c.grpc
+	}
+	return c.http
+}
+
+// cell is one measurement: a load on a case for a protocol.
+type cell struct {
+	res       *load.Result
+	cpuPerReq float64 // µs per request; NaN when unknown
+	maxRSS    []int64 // per vergeProxies entry
+	err       error
+}
+
+type cellKey struct {
+	proto load.Protocol
+	load  int // index in loads
+	key   string
+}
+
+// run is the whole harness: set up every case, measure, report, tear down.
+func run(ctx context.Context, o options, logger *slog.Logger) error {
+	want := func(key string) bool { return o.cases.MatchString(key) }
+	if want("haproxy2") {
+		if _, err := exec.LookPath("haproxy"); err != nil {
+			return fmt.Errorf("haproxy not found (%w): install it with `sudo bench/setup.sh` (Debian package haproxy), or leave it out with -cases", err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "meshbench-")
+	if err != nil {
+		return fmt.Errorf("create work dir: %w", err)
+	}
+	if o.keep {
+		logger.Info("keeping work dir", "dir", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	var procs []*proc
+	defer func() {
+		// Reverse start order: proxies before what they front.
+		for i := len(procs) - 1; i >= 0; i-- {
+			procs[i].stop()
+		}
+	}()
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary: %w", err)
+	}
+	r := newReport(o)
+
+	// Backend.
+	backend, err := startProc(dir, "backend", self, "backend", "-http", ipBackend+":0", "-grpc", ipBackend+":0")
+	if err != nil {
+		return err
+	}
+	procs = append(procs, backend)
+	line, err := backend.waitLine(ctx, "ready ", 30*time.Second)
+	if err != nil {
+		return err
+	}
+	var bHTTP, bGRPC string
+	if _, err := fmt.Sscanf(line, "ready http=%s grpc=%s", &bHTTP, &bGRPC); err != nil {
+		return fmt.Errorf("backend ready line %q: %w", line, err)
+	}
+
+	add := func(c *caseDef) {
+		if want(c.key) {
+			r.cases = append(r.cases, c)
+		}
+	}
+	add(&caseDef{key: "direct", title: "direct", path: "client → backend", http: bHTTP, grpc: bGRPC, pids: []int{backend.pid()}})
+
+	// Stock proxies. Each hop is one process serving an HTTP/1.1 listener
+	// and, for the untuned ones, an h2c listener for gRPC.
+	stock := func(name string, hop int, idle int, target, grpcTarget string) (http, grpc string, pid int, err error) {
+		args := []string{self, "stock-proxy", "-listen", fmt.Sprintf("%s%d:0", ipStock, hop), "-target", target, "-idle", fmt.Sprint(idle)}
+		if grpcTarget != "" {
+			args = append(args, "-grpc-listen", fmt.Sprintf("%s%d:0", ipStock, hop), "-grpc-target", grpcTarget)
+		}
+		p, err := startProc(dir, name, args...)
+		if err != nil {
+			return "", "", 0, err
+		}
+		procs = append(procs, p)
+		line, err := p.waitLine(ctx, "ready ", 30*time.Second)
+		if err != nil {
+			return "", "", 0, err
+		}
+		for f := range strings.FieldsSeq(line) {
+			if v, ok := strings.CutPrefix(f, "http="); ok {
+				http = v
+			}
+			if v, ok := strings.CutPrefix(f, "grpc="); ok {
+				grpc = v
+			}
+		}
+		return http, grpc, p.pid(), nil
+	}
+	if want("stock1") {
+		c := &caseDef{key: "stock1", title: "stock 1 hop", path: "client → httputil.ReverseProxy → backend"}
+		var pid int
+		c.http, c.grpc, pid, c.setupErr = stock("stock1", 1, 0, bHTTP, bGRPC)
+		c.pids = []int{backend.pid(), pid}
+		add(c)
+	}
+	stockPair := func(key, title string, idle int, hopA, hopB int, withGRPC bool) {
+		if !want(key) {
+			return
+		}
+		c := &caseDef{key: key, title: title, path: "client → ReverseProxy → ReverseProxy → backend", noGRPC: !withGRPC}
+		if idle > 0 {
+			c.path += fmt.Sprintf(" (MaxIdleConnsPerHost=%d)", idle)
+		}
+		grpcTarget := ""
+		if withGRPC {
+			grpcTarget = bGRPC
+		}
+		hB, gB, pidB, err := stock(key+"-b", hopB, idle, bHTTP, grpcTarget)
+		if err != nil {
+			c.setupErr = err
+			add(c)
+			return
+		}
+		grpcTarget = ""
+		if withGRPC {
+			grpcTarget = gB
+		}
+		hA, gA, pidA, err := stock(key+"-a", hopA, idle, hB, grpcTarget)
+		c.http, c.grpc, c.setupErr = hA, gA, err
+		c.pids = []int{backend.pid(), pidB, pidA}
+		add(c)
+	}
+	stockPair("stock2", "stock 2 hops", 0, 2, 3, true)
+	stockPair("stock2-tuned", "stock 2 hops, tuned", tunedIdle, 4, 5, false)
+
+	if want("haproxy2") {
+		c := &caseDef{key: "haproxy2", title: "HAProxy 2 hops", path: "client → HAProxy → HAProxy → backend", noGRPC: true}
+		c.http, c.pids, c.setupErr = startHAProxyPair(ctx, dir, bHTTP, &procs)
+		c.pids = append(c.pids, backend.pid())
+		add(c)
+	}
+
+	// Verge.
+	if want("verge1") || want("verge2") {
+		r.verge = setupVerge(ctx, o, dir, bHTTP, bGRPC, &procs, logger)
+		v := r.verge
+		c1 := &caseDef{key: "verge1", title: "Verge 1 hop", path: "client → Verge proxy (inbound) → backend", setupErr: v.err}
+		c2 := &caseDef{key: "verge2", title: "Verge 2 hops", path: "client → Verge proxy (outbound) → Verge proxy (inbound) → backend", setupErr: v.err}
+		if v.err == nil {
+			env := v.env
+			c1.http, c1.grpc = env.inHTTP, env.inGRPC
+			c1.pids = []int{backend.pid(), env.server.pid(), env.cp.pid()}
+			c1.vergeProxies = []*proc{env.server}
+			c2.http, c2.grpc = env.outHTTP, env.outGRPC
+			c2.pids = []int{backend.pid(), env.server.pid(), env.client.pid(), env.cp.pid()}
+			c2.vergeProxies = []*proc{env.server, env.client}
+		}
+		add(c1)
+		add(c2)
+	}
+
+	// Every case must carry one request of each protocol before it is
+	// measured; Verge's config may take a moment to reach both proxies.
+	for _, c := range r.cases {
+		if c.setupErr != nil {
+			logger.Warn("case not set up", "case", c.key, "error", c.setupErr)
+			continue
+		}
+		for _, p := range r.protocols {
+			addr := c.addr(p)
+			if addr == "" {
+				continue
+			}
+			err := waitFor(ctx, fmt.Sprintf("%s %v probe", c.key, p), 30*time.Second, func() error {
+				res, err := load.Run(ctx, load.Config{Protocol: p, Addr: addr, Connections: 1, Duration: 2 * time.Second, MaxRequests: 1, Timeout: 2 * time.Second})
+				if err != nil {
+					return err
+				}
+				if res.Requests != 1 {
+					return fmt.Errorf("probe: %v", res.FirstError)
+				}
+				return nil
+			})
+			if err != nil {
+				c.setupErr = err
+				logger.Warn("case probe failed", "case", c.key, "protocol", p, "error", err)
+				break
+			}
+		}
+	}
+
+	if v := r.verge; v != nil && v.err == nil {
+		for _, p := range []*proc{v.env.server, v.env.client} {
+			n, err := rss(p.pid())
+			r.idleRSS = append(r.idleRSS, namedRSS{name: p.name, rss: n, err: err})
+		}
+	}
+
+	for _, p := range r.protocols {
+		for li, l := range loads {
+			for _, c := range r.cases {
+				if c.setupErr != nil || c.addr(p) == "" {
+					continue
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				m := measure(ctx, o, c, p, l)
+				r.cells[cellKey{p, li, c.key}] = m
+				attrs := []any{"protocol", p, "load", l.name, "case", c.key}
+				if m.err != nil {
+					logger.Warn("measurement failed", append(attrs, "error", m.err)...)
+					continue
+				}
+				logger.Info("measured", append(attrs, "rps", int(m.res.RequestsPerSecond()),
+					"p50", m.res.Latency.Quantile(0.5), "p99", m.res.Latency.Quantile(0.99),
+					"cpu_us_per_req", math.Round(m.cpuPerReq), "errors", m.res.Errors)...)
+			}
+		}
+	}
+	for _, c := range r.cases {
+		for _, p := range c.vergeProxies {
+			if !p.alive() {
+				r.notes = append(r.notes, fmt.Sprintf("%s exited during the run: %s", p.name, p.tail()))
+			}
+		}
+	}
+
+	if v := r.verge; !o.skipScale && v != nil && v.err == nil {
+		logger.Info("measuring idle proxy memory", "services", scaleServices, "endpoints_per_service", scaleEndpoints)
+		res, err := measureScale(ctx, dir, v.proxyBin, v.env, &procs)
+		r.scale, r.scaleErr = &res, err
+		if err != nil {
+			logger.Warn("scale measurement incomplete", "error", err)
+		}
+	}
+
+	md := r.markdown()
+	fmt.Print(md)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+	}
+	return nil
+}
+
+// vergeSetup is the outcome of building and starting Verge.
+type vergeSetup struct {
+	bin      binaries
+	proxyBin string
+	env      *vergeEnv
+	err      error
+}
+
+func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs *[]*proc, logger *slog.Logger) *vergeSetup {
+	v := &vergeSetup{}
+	logger.Info("building verge and verge-proxy", "root", o.root)
+	binDir := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		v.err = err
+		return v
+	}
+	v.bin, v.err = buildVerge(ctx, o.root, binDir)
+	if v.err != nil {
+		return v
+	}
+	v.proxyBin = v.bin.vergeProxy
+	if o.proxyBinary == "verge" {
+		v.proxyBin = v.bin.verge
+	}
+	logger.Info("starting verge control plane and proxies")
+	v.env, v.err = startVerge(ctx, dir, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+	return v
+}
+
+// measure runs one load on one case, charging the CPU time of the case's
+// processes over the recorded window to its requests, and sampling the RSS
+// of its Verge proxies.
+func measure(ctx context.Context, o options, c *caseDef, p load.Protocol, l loadDef) *cell {
+	m := &cell{cpuPerReq: math.NaN(), maxRSS: make([]int64, len(c.vergeProxies))}
+	var cpu0 time.Duration
+	var cpuErr error
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			for i, p := range c.vergeProxies {
+				if n, err := rss(p.pid()); err == nil {
+					m.maxRSS[i] = max(m.maxRSS[i], n)
+				}
+			}
+			select {
+			case <-sampleCtx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	res, err := load.Run(ctx, load.Config{
+		Protocol: p, Addr: c.addr(p), Connections: l.conns, Rate: l.rate,
+		Warmup: o.warmup, Duration: o.duration, MaxRequests: o.maxRequests,
+		OnMeasureStart: func() { cpu0, cpuErr = totalCPU(c.pids) },
+	})
+	cpu1, cpuErr1 := totalCPU(c.pids)
+	stopSampling()
+	wg.Wait()
+	if err != nil {
+		m.err = err
+		return m
+	}
+	m.res = res
+	if n := res.Requests + res.Errors; n > 0 && errors.Join(cpuErr, cpuErr1) == nil {
+		m.cpuPerReq = float64((cpu1 - cpu0).Microseconds()) / float64(n)
+	}
+	return m
+}

@@ -1,0 +1,296 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"verge.dev/verge/bench/load"
+)
+
+// report gathers everything one run measured and renders it as Markdown.
+type report struct {
+	date      time.Time
+	commit    string
+	machine   string
+	opts      options
+	protocols []load.Protocol
+	cases     []*caseDef
+	cells     map[cellKey]*cell
+	verge     *vergeSetup
+	idleRSS   []namedRSS
+	scale     *scaleResult
+	scaleErr  error
+	notes     []string
+}
+
+type namedRSS struct {
+	name string
+	rss  int64
+	err  error
+}
+
+func newReport(o options) *report {
+	r := &report{date: time.Now().UTC(), opts: o, cells: make(map[cellKey]*cell), machine: machineInfo(), commit: gitCommit(o.root)}
+	if o.http {
+		r.protocols = append(r.protocols, load.HTTP1)
+	}
+	if o.grpc {
+		r.protocols = append(r.protocols, load.GRPC)
+	}
+	return r
+}
+
+func machineInfo() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := "unknown kernel"
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = "Linux " + strings.TrimSpace(string(b))
+	}
+	return fmt.Sprintf("%s, %d cores, %s, %s %s/%s", model, runtime.NumCPU(), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func gitCommit(root string) string {
+	cmd := exec.Command("git", "rev-parse", "--short", "HEAD")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return "unknown"
+	}
+	commit := strings.TrimSpace(string(out))
+	cmd = exec.Command("git", "status", "--porcelain", "--untracked-files=no")
+	cmd.Dir = root
+	if out, err := cmd.Output(); err == nil && len(out) > 0 {
+		commit += " (with uncommitted changes)"
+	}
+	return commit
+}
+
+// floor is one of Verge's performance floors, evaluated on this run.
+type floor struct {
+	name, rule, value string
+	known, pass       bool
+}
+
+func (r *report) cell(p load.Protocol, li int, key string) *cell {
+	c := r.cells[cellKey{p, li, key}]
+	if c == nil || c.err != nil || c.res == nil || c.res.Requests == 0 {
+		return nil
+	}
+	return c
+}
+
+func (r *report) floors() []floor {
+	const closed16, open1000 = 1, 3 // indexes in loads
+	var fs []floor
+
+	f := floor{name: "Throughput", rule: "Verge 2 hops req/s ÷ stock 2 hops req/s, HTTP/1.1, 16 connections ≥ 1.5"}
+	if v, s := r.cell(load.HTTP1, closed16, "verge2"), r.cell(load.HTTP1, closed16, "stock2"); v != nil && s != nil {
+		ratio := v.res.RequestsPerSecond() / s.res.RequestsPerSecond()
+		f.known, f.pass = true, ratio >= 1.5
+		f.value = fmt.Sprintf("%.2f (%.0f ÷ %.0f)", ratio, v.res.RequestsPerSecond(), s.res.RequestsPerSecond())
+	}
+	fs = append(fs, f)
+
+	f = floor{name: "Added latency", rule: "(Verge 2 hops p50 − direct p50) ÷ (stock 2 hops p50 − direct p50), HTTP/1.1, 1,000 req/s ≤ 0.5"}
+	if v, s, d := r.cell(load.HTTP1, open1000, "verge2"), r.cell(load.HTTP1, open1000, "stock2"), r.cell(load.HTTP1, open1000, "direct"); v != nil && s != nil && d != nil {
+		dp := d.res.Latency.Quantile(0.5)
+		va, sa := v.res.Latency.Quantile(0.5)-dp, s.res.Latency.Quantile(0.5)-dp
+		if sa > 0 {
+			ratio := float64(va) / float64(sa)
+			f.known, f.pass = true, ratio <= 0.5
+			f.value = fmt.Sprintf("%.2f (%s ÷ %s)", ratio, fmtDur(va), fmtDur(sa))
+		} else {
+			f.value = fmt.Sprintf("stock added p50 %s is not positive", fmtDur(sa))
+		}
+	}
+	fs = append(fs, f)
+
+	f = floor{name: "Idle memory", rule: fmt.Sprintf("RSS of an idle proxy with %d services × %d endpoints < 15 MiB", scaleServices, scaleEndpoints)}
+	if r.scale != nil && r.scale.rss > 0 && r.scaleErr == nil {
+		f.known, f.pass = true, r.scale.rss < 15<<20
+		f.value = fmtBytes(r.scale.rss)
+	} else if r.scale != nil && r.scale.rss > 0 {
+		f.value = fmtBytes(r.scale.rss) + " (config incomplete)"
+	}
+	fs = append(fs, f)
+	return fs
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	p("# Verge load benchmark\n\n")
+	p("- Date: %s\n", r.date.Format("2006-01-02 15:04 MST"))
+	p("- Commit: %s\n", r.commit)
+	p("- Machine: %s\n", r.machine)
+	p("- Command: `%s` (from the module root)\n", r.opts.command)
+	p("- Each measurement: %v warm-up (not recorded), then %v recorded, at most %d requests. ", r.opts.warmup, r.opts.duration, r.opts.maxRequests)
+	p("Bodies: 1 KiB request and 1 KiB response. HTTP/1.1: POST over keep-alive connections, one per load goroutine (bench/load's raw client). ")
+	p("gRPC: unary verge.bench.Echo/Echo with a 1 KiB BytesValue, one ClientConn per load goroutine. ")
+	p("Open loop latencies count from each request's scheduled send time. ")
+	p("CPU µs/req is the utime+stime of every process in the path except the load generator (backend, proxies, Verge's control plane) over the recorded window, divided by the requests sent in it. ")
+	p("The load generator runs on the same cores as the path it measures.\n\n")
+
+	p("## Cases\n\n| case | path | processes charged |\n|---|---|---|\n")
+	for _, c := range r.cases {
+		status := fmt.Sprint(len(c.pids))
+		if c.setupErr != nil {
+			status = "not run: setup failed (see notes)"
+		}
+		p("| %s | %s | %s |\n", c.title, c.path, status)
+	}
+	p("\n")
+
+	for _, proto := range r.protocols {
+		p("## %v\n\n", proto)
+		for li, l := range loads {
+			p("### %s\n\n| case | req/s | p50 | p90 | p99 | CPU µs/req | errors |\n|---|---:|---:|---:|---:|---:|---:|\n", l.name)
+			for _, c := range r.cases {
+				m := r.cells[cellKey{proto, li, c.key}]
+				switch {
+				case proto == load.GRPC && c.noGRPC:
+					continue
+				case m == nil:
+					p("| %s | not run | | | | | |\n", c.title)
+				case m.err != nil:
+					p("| %s | failed: %s | | | | | |\n", c.title, oneLine(m.err))
+				default:
+					res := m.res
+					cpu := "?"
+					if !math.IsNaN(m.cpuPerReq) {
+						cpu = fmt.Sprintf("%.1f", m.cpuPerReq)
+					}
+					errs := fmt.Sprint(res.Errors)
+					if res.Errors > 0 {
+						errs += " (" + oneLine(res.FirstError) + ")"
+					}
+					p("| %s | %.0f | %s | %s | %s | %s | %s |\n", c.title, res.RequestsPerSecond(),
+						fmtDur(res.Latency.Quantile(0.5)), fmtDur(res.Latency.Quantile(0.9)), fmtDur(res.Latency.Quantile(0.99)), cpu, errs)
+				}
+			}
+			p("\n")
+		}
+	}
+
+	p("## Memory (Verge proxy RSS)\n\n| proxy | state | RSS |\n|---|---|---:|\n")
+	for _, n := range r.idleRSS {
+		p("| %s | idle, configured, before any load | %s |\n", n.name, rssString(n))
+	}
+	for _, proto := range r.protocols {
+		if m := r.cells[cellKey{proto, 2, "verge2"}]; m != nil && m.err == nil {
+			for i, px := range r.caseByKey("verge2").vergeProxies {
+				p("| %s | max under %v %s through both proxies | %s |\n", px.name, proto, loads[2].name, fmtBytes(m.maxRSS[i]))
+			}
+		}
+	}
+	if r.scale != nil {
+		s := r.scale
+		p("| bench-scale | idle, %d of %d services, %d of %d endpoints in its config after %v | %s |\n",
+			s.clusters, scaleServices, s.endpoints, scaleServices*scaleEndpoints, s.wait.Round(time.Millisecond), fmtBytes(s.rss))
+	}
+	if r.verge != nil && r.verge.proxyBin != "" {
+		p("\nProxies ran as `%s`.\n", proxyCommand(r.verge.proxyBin))
+	}
+	p("\n")
+
+	if r.verge != nil && r.verge.bin.verge != "" {
+		p("## Binary sizes\n\n| binary | -trimpath -ldflags \"-s -w\" | -trimpath, unstripped |\n|---|---:|---:|\n")
+		b := r.verge.bin
+		p("| verge | %s | %s |\n", fmtBytes(fileSize(b.verge)), fmtBytes(fileSize(b.vergeFull)))
+		p("| verge-proxy | %s | %s |\n\n", fmtBytes(fileSize(b.vergeProxy)), fmtBytes(fileSize(b.vergeProxyFull)))
+	}
+
+	p("## Floors\n\n| floor | rule | this run | result |\n|---|---|---|---|\n")
+	for _, f := range r.floors() {
+		result := "FAIL (no data)"
+		if f.known && f.pass {
+			result = "PASS"
+		} else if f.known {
+			result = "FAIL"
+		}
+		p("| %s | %s | %s | %s |\n", f.name, f.rule, f.value, result)
+	}
+	p("\n")
+
+	var notes []string
+	for _, c := range r.cases {
+		if c.setupErr != nil {
+			notes = append(notes, fmt.Sprintf("%s: %s", c.title, c.setupErr))
+		}
+	}
+	if r.scaleErr != nil {
+		notes = append(notes, fmt.Sprintf("idle memory with %d×%d: %s", scaleServices, scaleEndpoints, r.scaleErr))
+	}
+	notes = append(notes, r.notes...)
+	if len(notes) > 0 {
+		p("## Notes\n\n")
+		for _, n := range notes {
+			p("- %s\n", strings.ReplaceAll(strings.TrimSpace(n), "\n", "\n  "))
+		}
+	}
+	return b.String()
+}
+
+func (r *report) caseByKey(key string) *caseDef {
+	for _, c := range r.cases {
+		if c.key == key {
+			return c
+		}
+	}
+	return &caseDef{}
+}
+
+func proxyCommand(bin string) string {
+	if strings.HasSuffix(bin, "/verge") {
+		return "verge proxy"
+	}
+	return "verge-proxy"
+}
+
+func rssString(n namedRSS) string {
+	if n.err != nil {
+		return n.err.Error()
+	}
+	return fmtBytes(n.rss)
+}
+
+// fmtDur prints latencies in µs below 10 ms and in ms above.
+func fmtDur(d time.Duration) string {
+	if d < 10*time.Millisecond && d > -10*time.Millisecond {
+		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+	}
+	return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+}
+
+func fmtBytes(n int64) string {
+	if n < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}
+
+// oneLine keeps a table cell on one line and short.
+func oneLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	s := strings.Join(strings.Fields(err.Error()), " ")
+	s = strings.ReplaceAll(s, "|", "/")
+	if len(s) > 120 {
+		s = s[:120] + "…"
+	}
+	return s
+}

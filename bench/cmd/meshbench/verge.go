@@ -1,0 +1,348 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Loopback addresses of the Verge cases. Each process gets its own IP so
+// the fixed ports Verge's flags take never clash with anything else.
+const (
+	ipServerProxy = "127.88.0.2"
+	ipClientProxy = "127.88.0.3"
+	ipControl     = "127.88.0.4"
+	ipScaleProxy  = "127.88.0.5"
+)
+
+// binaries are the Verge programs the harness built, stripped (run) and
+// unstripped (sizes only).
+type binaries struct {
+	verge, vergeProxy         string
+	vergeFull, vergeProxyFull string
+}
+
+// buildVerge builds cmd/verge and cmd/verge-proxy from the module at root
+// into dir, stripped (-trimpath -ldflags "-s -w") and unstripped.
+func buildVerge(ctx context.Context, root, dir string) (binaries, error) {
+	b := binaries{
+		verge:          filepath.Join(dir, "verge"),
+		vergeProxy:     filepath.Join(dir, "verge-proxy"),
+		vergeFull:      filepath.Join(dir, "verge.unstripped"),
+		vergeProxyFull: filepath.Join(dir, "verge-proxy.unstripped"),
+	}
+	builds := [][]string{
+		{"build", "-trimpath", "-ldflags", "-s -w", "-o", b.verge, "./cmd/verge"},
+		{"build", "-trimpath", "-ldflags", "-s -w", "-o", b.vergeProxy, "./cmd/verge-proxy"},
+		{"build", "-trimpath", "-o", b.vergeFull, "./cmd/verge"},
+		{"build", "-trimpath", "-o", b.vergeProxyFull, "./cmd/verge-proxy"},
+	}
+	for _, args := range builds {
+		cmd := exec.CommandContext(ctx, "go", args...)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return b, fmt.Errorf("go %v: %w\n%s", args, err, out)
+		}
+	}
+	return b, nil
+}
+
+// vergeEnv is a running control plane with a server-side and a client-side
+// proxy in front of the backend.
+type vergeEnv struct {
+	api, xds       string
+	cp             *proc
+	server, client *proc
+	serverAdmin    string
+	clientAdmin    string
+	// Inbound listeners of the server-side proxy and outbound listeners of
+	// the client-side proxy.
+	inHTTP, inGRPC   string
+	outHTTP, outGRPC string
+}
+
+// Ports of the mesh services in front of the backend.
+const (
+	svcHTTPPort = 80
+	svcGRPCPort = 9000
+)
+
+// startVerge starts the control plane, applies the backend's Services and
+// starts the two proxies; it returns once both report ready.
+func startVerge(ctx context.Context, dir string, bin binaries, proxyBin string, backendHTTP, backendGRPC string, procs *[]*proc) (*vergeEnv, error) {
+	env := &vergeEnv{}
+	cp, err := startProc(dir, "verge-control-plane", bin.verge, "control-plane",
+		"--api-addr", ipControl+":0", "--xds-addr", ipControl+":0", "--sync-addr", ipControl+":0",
+		"--data-dir", filepath.Join(dir, "cp-data"), "--log-format", "json")
+	if err != nil {
+		return nil, err
+	}
+	*procs = append(*procs, cp)
+	env.cp = cp
+	line, err := cp.waitLine(ctx, `"control plane ready"`, 60*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	var ready struct{ API, XDS string }
+	if err := json.Unmarshal([]byte(line), &ready); err != nil || ready.API == "" || ready.XDS == "" {
+		return nil, fmt.Errorf("control plane ready line %q: want api and xds attributes", line)
+	}
+	env.api, env.xds = "http://"+ready.API, ready.XDS
+
+	bh, bhPort, err := splitHostPort(backendHTTP)
+	if err != nil {
+		return nil, err
+	}
+	_, bgPort, err := splitHostPort(backendGRPC)
+	if err != nil {
+		return nil, err
+	}
+	for _, svc := range []struct {
+		name, protocol string
+		port, target   int
+	}{{"backend", "HTTP", svcHTTPPort, bhPort}, {"backend-grpc", "GRPC", svcGRPCPort, bgPort}} {
+		obj := map[string]any{
+			"apiVersion": "verge.dev/v1alpha1", "kind": "Service",
+			"metadata": map[string]any{"name": svc.name, "namespace": "default"},
+			"spec": map[string]any{
+				"selector": map[string]string{"app": "backend"},
+				"ports":    []map[string]any{{"port": svc.port, "targetPort": svc.target, "protocol": svc.protocol}},
+			},
+		}
+		if err := putResource(ctx, http.DefaultClient, env.api, "services", svc.name, obj); err != nil {
+			return nil, err
+		}
+	}
+
+	in, err := freePorts(ipServerProxy, 2)
+	if err != nil {
+		return nil, err
+	}
+	out, err := freePorts(ipClientProxy, 2)
+	if err != nil {
+		return nil, err
+	}
+	env.inHTTP = net.JoinHostPort(ipServerProxy, strconv.Itoa(in[0]))
+	env.inGRPC = net.JoinHostPort(ipServerProxy, strconv.Itoa(in[1]))
+	env.outHTTP = net.JoinHostPort(ipClientProxy, strconv.Itoa(out[0]))
+	env.outGRPC = net.JoinHostPort(ipClientProxy, strconv.Itoa(out[1]))
+
+	env.server, env.serverAdmin, err = startVergeProxy(ctx, dir, proxyBin, env, "bench-server", "app=backend", ipServerProxy, bh, procs,
+		"--inbound", fmt.Sprintf("%d=%d", bhPort, in[0]), "--inbound", fmt.Sprintf("%d=%d", bgPort, in[1]))
+	if err != nil {
+		return nil, err
+	}
+	env.client, env.clientAdmin, err = startVergeProxy(ctx, dir, proxyBin, env, "bench-client", "app=bench-client", ipClientProxy, ipClientProxy, procs,
+		"--outbound", fmt.Sprintf("backend:%d=%d", svcHTTPPort, out[0]),
+		"--outbound", fmt.Sprintf("backend-grpc:%d=%d", svcGRPCPort, out[1]))
+	if err != nil {
+		return nil, err
+	}
+	return env, nil
+}
+
+// startVergeProxy starts a proxy of workload name on ip and waits for its
+// admin /ready; it returns the process and the admin base URL.
+func startVergeProxy(ctx context.Context, dir, bin string, env *vergeEnv, name, labels, ip, appIP string, procs *[]*proc, extra ...string) (*proc, string, error) {
+	args := []string{bin}
+	if filepath.Base(bin) == "verge" {
+		args = append(args, "proxy")
+	}
+	args = append(args, "--server", env.api, "--xds-addr", env.xds, "--name", name, "--namespace", "default",
+		"--labels", labels, "--address", ip, "--app-address", appIP, "--outbound-address", ip,
+		"--admin-addr", ip+":0", "--data-dir", filepath.Join(dir, name+"-data"), "--log-format", "json")
+	args = append(args, extra...)
+	p, err := startProc(dir, "verge-proxy-"+name, args...)
+	if err != nil {
+		return nil, "", err
+	}
+	*procs = append(*procs, p)
+	line, err := p.waitLine(ctx, `"proxy started"`, 60*time.Second)
+	if err != nil {
+		return nil, "", err
+	}
+	var started struct{ Admin string }
+	if err := json.Unmarshal([]byte(line), &started); err != nil || started.Admin == "" {
+		return nil, "", fmt.Errorf("proxy %s started line %q: want an admin attribute", name, line)
+	}
+	admin := "http://" + started.Admin
+	if err := waitFor(ctx, "proxy "+name+" /ready", 60*time.Second, httpOK(admin+"/ready")); err != nil {
+		return nil, "", fmt.Errorf("%w; log: %s", err, p.tail())
+	}
+	return p, admin, nil
+}
+
+// putResource PUTs obj as JSON to the control plane's REST API.
+func putResource(ctx context.Context, c *http.Client, api, plural, name string, obj any) error {
+	body, err := json.Marshal(obj)
+	if err != nil {
+		return fmt.Errorf("put %s/%s: %w", plural, name, err)
+	}
+	url := fmt.Sprintf("%s/apis/verge.dev/v1alpha1/namespaces/default/%s/%s", api, plural, name)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("put %s/%s: %w", plural, name, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("put %s/%s: %w", plural, name, err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("put %s/%s: status %d: %s", plural, name, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	return nil
+}
+
+// Scale of the idle-memory measurement.
+const (
+	scaleServices  = 100
+	scaleEndpoints = 10
+)
+
+// scaleResult is the idle RSS of a proxy holding many services.
+type scaleResult struct {
+	rss       int64
+	clusters  int
+	endpoints int
+	wait      time.Duration
+}
+
+// measureScale applies scaleServices Services of scaleEndpoints Workloads
+// each (no proxies behind them), starts one more proxy with an outbound
+// upstream per service, waits until its config dump holds them all, and
+// reads its RSS.
+func measureScale(ctx context.Context, dir, proxyBin string, env *vergeEnv, procs *[]*proc) (scaleResult, error) {
+	var res scaleResult
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	defer c.CloseIdleConnections()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for s := range scaleServices {
+		svc := fmt.Sprintf("scale-%03d", s)
+		g.Go(func() error {
+			return putResource(gctx, c, env.api, "services", svc, map[string]any{
+				"apiVersion": "verge.dev/v1alpha1", "kind": "Service",
+				"metadata": map[string]any{"name": svc, "namespace": "default"},
+				"spec": map[string]any{
+					"selector": map[string]string{"app": svc},
+					"ports":    []map[string]any{{"port": 8080, "protocol": "HTTP"}},
+				},
+			})
+		})
+		for e := range scaleEndpoints {
+			name := fmt.Sprintf("%s-%d", svc, e)
+			addr := fmt.Sprintf("127.89.%d.%d", s, e+1)
+			g.Go(func() error {
+				return putResource(gctx, c, env.api, "workloads", name, map[string]any{
+					"apiVersion": "verge.dev/v1alpha1", "kind": "Workload",
+					"metadata": map[string]any{"name": name, "namespace": "default", "labels": map[string]string{"app": svc}},
+					"spec":     map[string]any{"address": addr, "ports": []map[string]any{{"port": 8080}}},
+				})
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return res, err
+	}
+	ports, err := freePorts(ipScaleProxy, scaleServices)
+	if err != nil {
+		return res, err
+	}
+	var extra []string
+	for s, p := range ports {
+		extra = append(extra, "--outbound", fmt.Sprintf("scale-%03d:8080=%d", s, p))
+	}
+	start := time.Now()
+	p, admin, err := startVergeProxy(ctx, dir, proxyBin, env, "bench-scale", "app=bench-scale", ipScaleProxy, ipScaleProxy, procs, extra...)
+	if err != nil {
+		return res, err
+	}
+	// Ready means some config arrived, not necessarily all of it: wait
+	// until every service's cluster holds its endpoints (or report how far
+	// it got).
+	err = waitFor(ctx, "scale proxy config", 60*time.Second, func() error {
+		cl, ep, err := countClusters(admin)
+		res.clusters, res.endpoints = cl, ep
+		if err != nil {
+			return err
+		}
+		if cl < scaleServices || ep < scaleServices*scaleEndpoints {
+			return fmt.Errorf("config dump has %d clusters with %d endpoints, want %d with %d", cl, ep, scaleServices, scaleServices*scaleEndpoints)
+		}
+		return nil
+	})
+	res.wait = time.Since(start)
+	// The RSS is worth reporting even when the config is incomplete; the
+	// error says how incomplete.
+	var rerr error
+	res.rss, rerr = rss(p.pid())
+	return res, errors.Join(err, rerr)
+}
+
+// countClusters reads the proxy's /config_dump and counts the clusters
+// whose name mentions a scale service, and their endpoints.
+func countClusters(admin string) (clusters, endpoints int, err error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(admin + "/config_dump")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	var dump struct {
+		Snapshot *struct {
+			Clusters map[string]struct {
+				Endpoints []json.RawMessage
+			}
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&dump); err != nil {
+		return 0, 0, fmt.Errorf("decode config dump: %w", err)
+	}
+	if dump.Snapshot == nil {
+		return 0, 0, nil
+	}
+	for name, cl := range dump.Snapshot.Clusters {
+		if !bytes.Contains([]byte(name), []byte("scale-")) {
+			continue
+		}
+		clusters++
+		endpoints += len(cl.Endpoints)
+	}
+	return clusters, endpoints, nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("split address %q: %w", addr, err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("split address %q: %w", addr, err)
+	}
+	return h, n, nil
+}
+
+// fileSize is the size of path in bytes, or -1.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return -1
+	}
+	return fi.Size()
+}
