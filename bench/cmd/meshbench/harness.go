@@ -268,7 +268,8 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 	if v := r.verge; v != nil && v.err == nil {
 		for _, p := range []*proc{v.env.server, v.env.client} {
 			n, err := rss(p.pid())
-			r.idleRSS = append(r.idleRSS, namedRSS{name: p.name, rss: n, err: err})
+			anon, _ := rssAnon(p.pid())
+			r.idleRSS = append(r.idleRSS, namedRSS{name: p.name, rss: n, anon: anon, err: err})
 		}
 	}
 

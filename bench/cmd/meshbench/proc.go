@@ -186,13 +186,19 @@ func totalCPU(pids []int) (time.Duration, error) {
 }
 
 // rss is VmRSS of pid in bytes, from /proc/PID/status.
-func rss(pid int) (int64, error) {
+func rss(pid int) (int64, error) { return statusBytes(pid, "VmRSS:") }
+
+// rssAnon is the anonymous part of VmRSS (heap, stacks): the memory that is
+// the process's own, as opposed to pages of its binary in the page cache.
+func rssAnon(pid int) (int64, error) { return statusBytes(pid, "RssAnon:") }
+
+func statusBytes(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, fmt.Errorf("read rss: %w", err)
 	}
 	for line := range strings.Lines(string(b)) {
-		v, ok := strings.CutPrefix(line, "VmRSS:")
+		v, ok := strings.CutPrefix(line, field)
 		if !ok {
 			continue
 		}
@@ -202,7 +208,7 @@ func rss(pid int) (int64, error) {
 		}
 		return kb * 1024, nil
 	}
-	return 0, fmt.Errorf("read rss: /proc/%d/status: no VmRSS", pid)
+	return 0, fmt.Errorf("read rss: /proc/%d/status: no %s", pid, field)
 }
 
 // freePort returns a port on ip that was free a moment ago. Verge's

@@ -31,6 +31,7 @@ type report struct {
 type namedRSS struct {
 	name string
 	rss  int64
+	anon int64
 	err  error
 }
 
@@ -199,7 +200,8 @@ func (r *report) markdown() string {
 	if r.scale != nil {
 		s := r.scale
 		p("| bench-scale | idle, %d of %d services, %d of %d endpoints in its config after %v | %s |\n",
-			s.clusters, scaleServices, s.endpoints, scaleServices*scaleEndpoints, s.wait.Round(time.Millisecond), fmtBytes(s.rss))
+			s.clusters, scaleServices, s.endpoints, scaleServices*scaleEndpoints, s.wait.Round(time.Millisecond),
+			rssString(namedRSS{rss: s.rss, anon: s.anon}))
 	}
 	if r.verge != nil && r.verge.proxyBin != "" {
 		p("\nProxies ran as `%s`.\n", proxyCommand(r.verge.proxyBin))
@@ -264,7 +266,7 @@ func rssString(n namedRSS) string {
 	if n.err != nil {
 		return n.err.Error()
 	}
-	return fmtBytes(n.rss)
+	return fmt.Sprintf("%s (anonymous %s)", fmtBytes(n.rss), fmtBytes(n.anon))
 }
 
 // fmtDur prints latencies in µs below 10 ms and in ms above.

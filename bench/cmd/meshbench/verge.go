@@ -52,6 +52,8 @@ func buildVerge(ctx context.Context, root, dir string) (binaries, error) {
 	for _, args := range builds {
 		cmd := exec.CommandContext(ctx, "go", args...)
 		cmd.Dir = root
+		// Static binaries, as they ship to devices.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return b, fmt.Errorf("go %v: %w\n%s", args, err, out)
 		}
@@ -217,6 +219,7 @@ const (
 // scaleResult is the idle RSS of a proxy holding many services.
 type scaleResult struct {
 	rss       int64
+	anon      int64
 	clusters  int
 	endpoints int
 	wait      time.Duration
@@ -291,6 +294,7 @@ func measureScale(ctx context.Context, dir, proxyBin string, env *vergeEnv, proc
 	// error says how incomplete.
 	var rerr error
 	res.rss, rerr = rss(p.pid())
+	res.anon, _ = rssAnon(p.pid())
 	return res, errors.Join(err, rerr)
 }
 

@@ -19,12 +19,14 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"verge.dev/verge/internal/memtrim"
 	"verge.dev/verge/internal/proxy"
 	"verge.dev/verge/internal/proxy/config"
 	"verge.dev/verge/internal/proxy/xdsclient"
@@ -107,11 +109,28 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		log.Warn("cached config unusable", "error", err)
 	}
 
+	trim := func() {
+		if n, err := memtrim.Trim(); err != nil {
+			log.Debug("memory trim skipped", "error", err)
+		} else {
+			log.Debug("memory trimmed", "bytes_advised", n)
+		}
+	}
+	// Start-up (descriptor registration) and the first configuration (the
+	// first unmarshal of each xDS type) touch code and data that the proxy
+	// does not use again; release them once after each.
+	trim()
+	var trimOnce sync.Once
 	xc := xdsclient.New(xdsclient.Config{
 		ServerAddr: cfg.XDSAddr,
 		Node:       cfg.node(),
 		CacheDir:   cfg.DataDir,
-	}, func(s *config.Snapshot) { p.Update(s) }, logger)
+	}, func(s *config.Snapshot) {
+		p.Update(s)
+		if len(s.Listeners) > 0 {
+			trimOnce.Do(trim)
+		}
+	}, logger)
 
 	reg := &registrar{cfg: cfg, http: &http.Client{Timeout: 5 * time.Second}, log: log}
 
