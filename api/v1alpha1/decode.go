@@ -93,6 +93,8 @@ func KindOf(obj Object) (Kind, bool) {
 		name = "HTTPRoute"
 	case *GRPCRoute:
 		name = "GRPCRoute"
+	case *DestinationPolicy:
+		name = "DestinationPolicy"
 	default:
 		return Kind{}, false
 	}

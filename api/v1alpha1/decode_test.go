@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -133,6 +134,42 @@ spec:
 	}
 }
 
+func TestDecodeDestinationPolicy(t *testing.T) {
+	in := `apiVersion: verge.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: backend-lb, namespace: default}
+spec:
+  targetRef: {kind: Service, name: backend, port: 80}
+  loadBalancer:
+    policy: LeastRequest
+`
+	got, err := DecodeOne([]byte(in))
+	if err != nil {
+		t.Fatalf("DecodeOne: %v", err)
+	}
+	want := &DestinationPolicy{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "DestinationPolicy"},
+		ObjectMeta: metav1.ObjectMeta{Name: "backend-lb", Namespace: "default"},
+		Spec: DestinationPolicySpec{
+			TargetRef:    PolicyTargetReference{Kind: "Service", Name: "backend", Port: 80},
+			LoadBalancer: &LoadBalancer{Policy: LoadBalancerLeastRequest},
+		},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("DecodeOne (-want +got):\n%s", diff)
+	}
+	// Strict: a misspelt field is an error naming its place.
+	_, err = DecodeOne([]byte(in + "  circuitBreaker: {}\n"))
+	if err == nil || !strings.Contains(err.Error(), `spec: unknown field "circuitBreaker"`) {
+		t.Errorf("DecodeOne with an unknown section: %v, want spec: unknown field", err)
+	}
+	for _, name := range []string{"destinationpolicies", "dp", "DestinationPolicy"} {
+		if k, ok := KindByName(name); !ok || k.Kind != "DestinationPolicy" {
+			t.Errorf("KindByName(%q) = %q, %v", name, k.Kind, ok)
+		}
+	}
+}
+
 func TestDecodeErrors(t *testing.T) {
 	const svc = "apiVersion: verge.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n"
 	tests := []struct {
@@ -260,6 +297,7 @@ func TestKindOf(t *testing.T) {
 		{&Workload{}, "workloads"},
 		{&HTTPRoute{}, "httproutes"},
 		{&GRPCRoute{}, "grpcroutes"},
+		{&DestinationPolicy{}, "destinationpolicies"},
 	}
 	for _, tt := range tests {
 		k, ok := KindOf(tt.obj)

@@ -37,6 +37,19 @@ func Default(obj Object) {
 		defaultHTTPRoute(o)
 	case *GRPCRoute:
 		defaultGRPCRoute(o)
+	case *DestinationPolicy:
+		defaultDestinationPolicy(o)
+	}
+}
+
+// defaultDestinationPolicy leaves targetRef.group empty: "" and verge.dev
+// both name Verge's Service, and "" is what Gateway API users write.
+func defaultDestinationPolicy(d *DestinationPolicy) {
+	if d.Spec.TargetRef.Kind == "" {
+		d.Spec.TargetRef.Kind = "Service"
+	}
+	if lb := d.Spec.LoadBalancer; lb != nil && lb.Policy == "" {
+		lb.Policy = LoadBalancerRoundRobin
 	}
 }
 

@@ -218,6 +218,42 @@ spec:
 				},
 			},
 		},
+		{
+			name: "destination policy",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: p}
+spec:
+  targetRef: {name: backend}
+  loadBalancer: {}
+`,
+			want: &DestinationPolicy{
+				TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "DestinationPolicy"},
+				ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "default"},
+				Spec: DestinationPolicySpec{
+					TargetRef:    PolicyTargetReference{Kind: "Service", Name: "backend"},
+					LoadBalancer: &LoadBalancer{Policy: LoadBalancerRoundRobin},
+				},
+			},
+		},
+		{
+			name: "destination policy keeps set fields",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  targetRef: {group: verge.dev, kind: Service, name: backend, port: 80}
+  loadBalancer: {policy: LeastRequest}
+`,
+			want: &DestinationPolicy{
+				TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "DestinationPolicy"},
+				ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop"},
+				Spec: DestinationPolicySpec{
+					TargetRef:    PolicyTargetReference{Group: Group, Kind: "Service", Name: "backend", Port: 80},
+					LoadBalancer: &LoadBalancer{Policy: LoadBalancerLeastRequest},
+				},
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

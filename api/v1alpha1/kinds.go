@@ -36,6 +36,12 @@ var Kinds = []Kind{
 			o.APIVersion, o.Kind = GatewayGroup+"/"+GatewayVersion, "GRPCRoute"
 			return o
 		}},
+	{Group: Group, Version: Version, Kind: "DestinationPolicy", Plural: "destinationpolicies", Short: []string{"dp"},
+		New: func() Object {
+			o := &DestinationPolicy{}
+			o.APIVersion, o.Kind = Group+"/"+Version, "DestinationPolicy"
+			return o
+		}},
 }
 
 // KindByName finds a kind by its Kind, plural or short name (case-insensitive

@@ -134,3 +134,62 @@ type (
 	HTTPRoute = gatewayv1.HTTPRoute
 	GRPCRoute = gatewayv1.GRPCRoute
 )
+
+// DestinationPolicy sets how clients reach one Service: today the
+// load-balancing policy; session affinity, circuit breaking, outlier detection
+// and the rest of DESIGN.md's list are to come as further optional sections
+// of the spec, each applied on its own.
+//
+// Several policies may target the same service port. For each section, the
+// oldest policy that sets it wins (creationTimestamp, then name), so applying
+// a newer conflicting policy never changes traffic that is already flowing;
+// a policy naming a port and one naming the whole service compete on equal
+// terms.
+type DestinationPolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              DestinationPolicySpec `json:"spec"`
+}
+
+// DestinationPolicySpec is the desired state of a DestinationPolicy.
+type DestinationPolicySpec struct {
+	// TargetRef names the Service, in the policy's namespace, the policy
+	// applies to.
+	TargetRef PolicyTargetReference `json:"targetRef"`
+	// LoadBalancer chooses how a client spreads requests over the service's
+	// endpoints. Required while it is the only section.
+	LoadBalancer *LoadBalancer `json:"loadBalancer,omitempty"`
+}
+
+// PolicyTargetReference names the object a policy applies to, in the
+// policy's own namespace (the Gateway API's LocalPolicyTargetReference, plus
+// an optional port).
+type PolicyTargetReference struct {
+	// Group is "" (the core group, as the Gateway API names Services) or
+	// verge.dev; both mean Verge's Service.
+	Group string `json:"group,omitempty"`
+	// Kind defaults to Service, the only kind supported.
+	Kind string `json:"kind,omitempty"`
+	// Name is the target's name.
+	Name string `json:"name"`
+	// Port, when set, limits the policy to that service port (1-65535);
+	// otherwise it applies to every port of the service.
+	Port int32 `json:"port,omitempty"`
+}
+
+// LoadBalancer is a DestinationPolicy's load-balancing section.
+type LoadBalancer struct {
+	// Policy defaults to RoundRobin.
+	Policy LoadBalancerPolicy `json:"policy,omitempty"`
+}
+
+// LoadBalancerPolicy picks the endpoint that receives each request.
+type LoadBalancerPolicy string
+
+const (
+	// LoadBalancerRoundRobin cycles through the endpoints in order.
+	LoadBalancerRoundRobin LoadBalancerPolicy = "RoundRobin"
+	// LoadBalancerLeastRequest picks the less loaded of two random endpoints
+	// (power of two choices), which keeps requests off a slow endpoint.
+	LoadBalancerLeastRequest LoadBalancerPolicy = "LeastRequest"
+)

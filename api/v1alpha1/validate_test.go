@@ -265,6 +265,48 @@ spec:
 				`spec.rules[0].filters[0].type: Unsupported value: "RequestHeaderModifier": filters are not supported yet`,
 			},
 		},
+		{
+			name: "destination policy",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: p}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: Backend, port: 70000}
+  loadBalancer: {policy: Random}
+`,
+			want: []string{
+				`spec.targetRef.group: Unsupported value: "gateway.networking.k8s.io": supported values: "", "verge.dev"`,
+				`spec.targetRef.kind: Unsupported value: "HTTPRoute": supported values: "Service"`,
+				`spec.targetRef.name: Invalid value: "Backend": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`,
+				`spec.targetRef.port: Invalid value: 70000: must be between 1 and 65535`,
+				`spec.loadBalancer.policy: Unsupported value: "Random": supported values: "RoundRobin", "LeastRequest"`,
+			},
+		},
+		{
+			name: "destination policy without target or sections",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: p}
+spec:
+  targetRef: {port: -1}
+`,
+			want: []string{
+				`spec.targetRef.name: Required value`,
+				`spec.targetRef.port: Invalid value: -1: must be between 1 and 65535`,
+				`spec.loadBalancer: Required value: a policy must set at least one of: loadBalancer`,
+			},
+		},
+		{
+			name: "destination policy valid",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: p}
+spec:
+  targetRef: {group: "", kind: Service, name: backend, port: 80}
+  loadBalancer: {policy: RoundRobin}
+`,
+			want: nil,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -291,6 +333,17 @@ func TestValidateWithoutDefault(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, errorStrings(Validate(s))); diff != "" {
 		t.Errorf("Validate (-want +got):\n%s", diff)
+	}
+	dp := &DestinationPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "default"},
+		Spec: DestinationPolicySpec{TargetRef: PolicyTargetReference{Name: "b"}, LoadBalancer: &LoadBalancer{}}}
+	want = []string{
+		`apiVersion: Unsupported value: "": supported values: "verge.dev/v1alpha1"`,
+		`kind: Unsupported value: "": supported values: "DestinationPolicy"`,
+		`spec.targetRef.kind: Unsupported value: "": supported values: "Service"`,
+		`spec.loadBalancer.policy: Unsupported value: "": supported values: "RoundRobin", "LeastRequest"`,
+	}
+	if diff := cmp.Diff(want, errorStrings(Validate(dp))); diff != "" {
+		t.Errorf("Validate(DestinationPolicy) (-want +got):\n%s", diff)
 	}
 	r := &HTTPRoute{}
 	r.Name, r.Namespace = "r", "default"

@@ -364,6 +364,7 @@ func TestDiscovery(t *testing.T) {
 			"verge.dev/v1alpha1/workloads=Workload(wl)",
 			"gateway.networking.k8s.io/v1/httproutes=HTTPRoute(hr)",
 			"gateway.networking.k8s.io/v1/grpcroutes=GRPCRoute(gr)",
+			"verge.dev/v1alpha1/destinationpolicies=DestinationPolicy(dp)",
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("GET %s (-want +got):\n%s", p, diff)

@@ -142,6 +142,46 @@ func applyDemo(t *testing.T, url string) {
 	mustRun(t, url, "", "apply", "-f", dir)
 }
 
+func TestGetDestinationPolicies(t *testing.T) {
+	url := server(t)
+	const policies = `apiVersion: verge.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: web-lb}
+spec:
+  targetRef: {name: web}
+  loadBalancer: {policy: LeastRequest}
+---
+apiVersion: verge.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: api-grpc}
+spec:
+  targetRef: {group: verge.dev, kind: Service, name: api, port: 9000}
+  loadBalancer: {}
+`
+	if diff := cmp.Diff("destinationpolicy/web-lb created\ndestinationpolicy/api-grpc created\n",
+		mustRun(t, url, policies, "apply", "-f", "-")); diff != "" {
+		t.Errorf("apply (-want +got):\n%s", diff)
+	}
+	want := `NAME       TARGET             POLICY         AGE
+api-grpc   service/api:9000   RoundRobin     5m
+web-lb     service/web        LeastRequest   5m
+`
+	for _, args := range [][]string{{"get", "destinationpolicies"}, {"get", "dp"}} {
+		if diff := cmp.Diff(want, mustRun(t, url, "", args...)); diff != "" {
+			t.Errorf("verge %v (-want +got):\n%s", args, diff)
+		}
+	}
+	want = `NAME                       TARGET        POLICY         AGE
+destinationpolicy/web-lb   service/web   LeastRequest   5m
+`
+	if _, _, err := run(t, url, "", "delete", "dp", "api-grpc"); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if diff := cmp.Diff(want, mustRun(t, url, "", "get", "all")); diff != "" {
+		t.Errorf("get all (-want +got):\n%s", diff)
+	}
+}
+
 func TestApply(t *testing.T) {
 	url := server(t)
 	dir := writeFiles(t, map[string]string{

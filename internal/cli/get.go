@@ -27,7 +27,7 @@ func newGetCommand(e *env) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
-		Short: "Show resources: services, workloads, httproutes, grpcroutes or all",
+		Short: "Show resources: services, workloads, httproutes, grpcroutes, destinationpolicies or all",
 		Example: `  verge get services
   verge get svc web -o yaml
   verge get all -A`,
@@ -178,6 +178,8 @@ func columns(k v1alpha1.Kind) []string {
 		return []string{"PORTS", "SELECTOR"}
 	case "Workload":
 		return []string{"ADDRESS", "PORTS", "SERVICEACCOUNT"}
+	case "DestinationPolicy":
+		return []string{"TARGET", "POLICY"}
 	default:
 		return []string{"PARENTS", "RULES"}
 	}
@@ -193,6 +195,8 @@ func cells(o v1alpha1.Object) []string {
 		return []string{parents(o.Spec.ParentRefs), strconv.Itoa(len(o.Spec.Rules))}
 	case *v1alpha1.GRPCRoute:
 		return []string{parents(o.Spec.ParentRefs), strconv.Itoa(len(o.Spec.Rules))}
+	case *v1alpha1.DestinationPolicy:
+		return []string{policyTarget(o.Spec.TargetRef), lbPolicy(o.Spec.LoadBalancer)}
 	}
 	return nil
 }
@@ -243,6 +247,23 @@ func parents(refs []gatewayv1.ParentReference) string {
 		ps = append(ps, v)
 	}
 	return orNone(strings.Join(ps, ","))
+}
+
+// policyTarget renders a targetRef as kind/name, with :port when it names
+// one (service/web:80).
+func policyTarget(r v1alpha1.PolicyTargetReference) string {
+	v := strings.ToLower(r.Kind) + "/" + r.Name
+	if r.Port != 0 {
+		v += ":" + strconv.Itoa(int(r.Port))
+	}
+	return v
+}
+
+func lbPolicy(lb *v1alpha1.LoadBalancer) string {
+	if lb == nil {
+		return "<none>"
+	}
+	return orNone(string(lb.Policy))
 }
 
 func orNone(s string) string {

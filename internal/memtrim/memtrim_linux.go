@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,13 +40,13 @@ func Trim() (int, error) {
 			continue
 		}
 		// The mapping is the process's own, read-only and file-backed:
-		// MADV_DONTNEED only drops resident copies of file pages.
-		mem := unsafe.Slice((*byte)(unsafe.Pointer(uintptr(start))), end-start)
-		if err := unix.Madvise(mem, unix.MADV_RANDOM); err != nil {
-			return total, fmt.Errorf("trim: madvise random %s: %w", f[0], err)
-		}
-		if err := unix.Madvise(mem, unix.MADV_DONTNEED); err != nil {
-			return total, fmt.Errorf("trim: madvise dontneed %s: %w", f[0], err)
+		// MADV_DONTNEED only drops resident copies of file pages. The raw
+		// syscall takes the range as integers, so no Go pointer is made
+		// to memory the runtime does not manage.
+		for _, advice := range []int{unix.MADV_RANDOM, unix.MADV_DONTNEED} {
+			if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), uintptr(advice)); errno != 0 {
+				return total, fmt.Errorf("trim: madvise %s: %w", f[0], errno)
+			}
 		}
 		total += int(end - start)
 	}

@@ -255,6 +255,8 @@ func (r *Registry) Mesh() (m translate.Mesh, ok bool) {
 				m.HTTPRoutes = append(m.HTTPRoutes, o)
 			case *v1alpha1.GRPCRoute:
 				m.GRPCRoutes = append(m.GRPCRoutes, o)
+			case *v1alpha1.DestinationPolicy:
+				m.DestinationPolicies = append(m.DestinationPolicies, o)
 			}
 		}
 	}
@@ -262,6 +264,7 @@ func (r *Registry) Mesh() (m translate.Mesh, ok bool) {
 	sortObjects(m.Workloads)
 	sortObjects(m.HTTPRoutes)
 	sortObjects(m.GRPCRoutes)
+	sortObjects(m.DestinationPolicies)
 	return m, true
 }
 

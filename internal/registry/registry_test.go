@@ -180,6 +180,55 @@ func TestMeshFollowsStore(t *testing.T) {
 	}
 }
 
+// TestMeshCarriesDestinationPolicies: the registry watches the kind like
+// every other and hands its objects to the translator.
+func TestMeshCarriesDestinationPolicies(t *testing.T) {
+	st := newStore(t)
+	put(t, st, service("a"))
+	r := run(t, st)
+	waitMesh(t, r, summary{Services: []string{"default/a"}, Health: map[string]translate.Health{}})
+
+	dp := &v1alpha1.DestinationPolicy{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "DestinationPolicy"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "a-lb"},
+		Spec: v1alpha1.DestinationPolicySpec{
+			TargetRef:    v1alpha1.PolicyTargetReference{Kind: "Service", Name: "a"},
+			LoadBalancer: &v1alpha1.LoadBalancer{Policy: v1alpha1.LoadBalancerLeastRequest},
+		},
+	}
+	put(t, st, dp)
+	deadline := time.After(waitFor)
+	for {
+		select {
+		case m := <-r.Meshes():
+			if len(m.DestinationPolicies) == 0 {
+				continue
+			}
+			got := m.DestinationPolicies[0]
+			if len(m.DestinationPolicies) != 1 || got.Name != "a-lb" || !cmp.Equal(dp.Spec, got.Spec) {
+				t.Fatalf("mesh policies = %+v, want only a-lb with spec %+v", m.DestinationPolicies, dp.Spec)
+			}
+		case <-deadline:
+			t.Fatal("no mesh with the DestinationPolicy")
+		}
+		break
+	}
+
+	del(t, st, "DestinationPolicy", "default", "a-lb")
+	deadline = time.After(waitFor)
+	for {
+		select {
+		case m := <-r.Meshes():
+			if len(m.DestinationPolicies) > 0 {
+				continue
+			}
+		case <-deadline:
+			t.Fatal("the deleted DestinationPolicy stayed in the mesh")
+		}
+		break
+	}
+}
+
 func TestCoalescing(t *testing.T) {
 	st := newStore(t)
 	r := run(t, st)

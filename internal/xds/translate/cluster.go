@@ -65,15 +65,15 @@ func http2Options() map[string]*anypb.Any {
 
 func isH2(p v1alpha1.Protocol) bool { return p == v1alpha1.ProtocolHTTP2 || p == v1alpha1.ProtocolGRPC }
 
-// edsCluster is a service port's cluster. ROUND_ROBIN and an ADS EDS source
-// are what grpc-go's CDS validation accepts.
-func (ix *Index) edsCluster(name string, p v1alpha1.Protocol) *clusterv3.Cluster {
+// edsCluster is a service port's cluster. An ADS EDS source and lb_policy
+// ROUND_ROBIN or LEAST_REQUEST are what grpc-go's CDS validation accepts.
+func (ix *Index) edsCluster(name string, p v1alpha1.Protocol, lb clusterv3.Cluster_LbPolicy) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads(), ServiceName: name},
 		ConnectTimeout:       durationpb.New(connectTimeout),
-		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		LbPolicy:             lb,
 	}
 	if isH2(p) {
 		c.TypedExtensionProtocolOptions = ix.h2Options

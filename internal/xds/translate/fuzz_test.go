@@ -42,6 +42,8 @@ func FuzzTranslate(f *testing.F) {
 				m.HTTPRoutes = append(m.HTTPRoutes, o)
 			case *v1alpha1.GRPCRoute:
 				m.GRPCRoutes = append(m.GRPCRoutes, o)
+			case *v1alpha1.DestinationPolicy:
+				m.DestinationPolicies = append(m.DestinationPolicies, o)
 			}
 		}
 		ix := NewIndex(m)

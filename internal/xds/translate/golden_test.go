@@ -82,6 +82,8 @@ func loadMesh(t *testing.T, dir string) Mesh {
 			m.HTTPRoutes = append(m.HTTPRoutes, o)
 		case *v1alpha1.GRPCRoute:
 			m.GRPCRoutes = append(m.GRPCRoutes, o)
+		case *v1alpha1.DestinationPolicy:
+			m.DestinationPolicies = append(m.DestinationPolicies, o)
 		default:
 			t.Fatalf("unexpected %T in %s", o, dir)
 		}

@@ -49,6 +49,8 @@ type serviceInfo struct {
 	// attached routes, in Mesh order; ports filter them by parentRef port.
 	httpRoutes []attachment[*v1alpha1.HTTPRoute]
 	grpcRoutes []attachment[*v1alpha1.GRPCRoute]
+	// policies targeting the service, oldest first (see comparePolicyAge).
+	policies []*v1alpha1.DestinationPolicy
 }
 
 // attachment is a route attached to a service, with the port its parentRef
@@ -114,6 +116,7 @@ func NewIndex(m Mesh) *Index {
 
 	ix.selectWorkloads(m.Workloads)
 	ix.attachRoutes(m.HTTPRoutes, m.GRPCRoutes)
+	ix.attachPolicies(m.DestinationPolicies)
 
 	for _, si := range ix.ordered {
 		for _, p := range si.svc.Spec.Ports {
@@ -121,7 +124,7 @@ func NewIndex(m Mesh) *Index {
 			if _, dup := ix.ports[pi.name]; dup {
 				continue
 			}
-			pi.cluster = ix.edsCluster(pi.name, p.Protocol)
+			pi.cluster = ix.edsCluster(pi.name, p.Protocol, si.lbPolicy(p.Port))
 			pi.cla = ix.loadAssignment(pi.name, si.workloads, p.TargetPort)
 			si.ports = append(si.ports, pi)
 			ix.ports[pi.name] = pi

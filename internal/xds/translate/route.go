@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -360,7 +361,7 @@ func (ix *Index) resolveBackends(routeNS string, refs []gatewayv1.BackendRef, ba
 				name:    name,
 				missing: true,
 				port:    v1alpha1.ServicePort{Port: *ref.Port, Protocol: v1alpha1.ProtocolHTTP},
-				cluster: ix.edsCluster(name, v1alpha1.ProtocolHTTP),
+				cluster: ix.edsCluster(name, v1alpha1.ProtocolHTTP, clusterv3.Cluster_ROUND_ROBIN),
 				cla:     &endpointv3.ClusterLoadAssignment{ClusterName: name},
 			}
 			ix.ports[name] = pi

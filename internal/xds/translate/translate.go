@@ -9,6 +9,10 @@
 //   - Proxyless gRPC api listener: "NAME.NS.mesh:PORT" (the xds:/// target).
 //   - Verge proxy outbound listener: "outbound:LOCALPORT"; inbound listener
 //     and its local cluster: "inbound:APPPORT".
+//
+// A service port's cluster is ROUND_ROBIN unless a DestinationPolicy
+// targeting the service (with that port or no port) says LeastRequest; when
+// several do, the oldest (creationTimestamp, then name) wins.
 package translate
 
 import (
@@ -39,6 +43,10 @@ type Mesh struct {
 	Workloads  []*v1alpha1.Workload
 	HTTPRoutes []*v1alpha1.HTTPRoute
 	GRPCRoutes []*v1alpha1.GRPCRoute
+	// DestinationPolicies set how clients reach a service; today its
+	// ports' load-balancing policy; the oldest wins a conflict (see the
+	// package comment).
+	DestinationPolicies []*v1alpha1.DestinationPolicy
 	// Health by "namespace/name" of the workload; absent means HealthUnknown.
 	Health map[string]Health
 }

@@ -58,7 +58,7 @@ func snapshot(t *testing.T, r Resources, proxyless bool) *cachev3.Snapshot {
 }
 
 func TestConsistent(t *testing.T) {
-	for _, dir := range []string{"demo", "tcp", "precedence", "direct", "missing"} {
+	for _, dir := range []string{"demo", "tcp", "precedence", "direct", "missing", "lb"} {
 		t.Run(dir, func(t *testing.T) {
 			m := loadMesh(t, "testdata/"+dir)
 			ix := NewIndex(m)
@@ -99,6 +99,8 @@ func TestIsolation(t *testing.T) {
 		},
 	})
 	changed.Health = map[string]Health{"default/billing-1": HealthUnhealthy, "default/backend-v1-2": HealthUnhealthy}
+	changed.DestinationPolicies = append(append([]*v1alpha1.DestinationPolicy(nil), m.DestinationPolicies...),
+		leastRequest("billing-lb", "billing", 0, 0))
 
 	after := NewIndex(changed).ForWorkload(frontend)
 	if diff := cmp.Diff(before, after, protocmp.Transform()); diff != "" {
@@ -110,6 +112,11 @@ func TestIsolation(t *testing.T) {
 	changed.Health = map[string]Health{"default/backend-v2-1": HealthUnhealthy}
 	if diff := cmp.Diff(before, NewIndex(changed).ForWorkload(frontend), protocmp.Transform()); diff == "" {
 		t.Error("ForWorkload(frontend-1) did not change when a backend it calls turned unhealthy")
+	}
+	changed.Health = nil
+	changed.DestinationPolicies = append(changed.DestinationPolicies, leastRequest("backend-lb", "backend-v2", 0, 0))
+	if diff := cmp.Diff(before, NewIndex(changed).ForWorkload(frontend), protocmp.Transform()); diff == "" {
+		t.Error("ForWorkload(frontend-1) did not change with a DestinationPolicy on a backend it calls")
 	}
 }
 
