@@ -122,6 +122,7 @@ func TestFloors(t *testing.T) {
 	result := func(rps float64, p50 time.Duration) *cell {
 		res := &load.Result{Requests: int64(rps), Elapsed: time.Second}
 		res.Latency.Record(p50)
+		res.Service.Record(p50)
 		return &cell{res: res, cpuPerReq: math.NaN()}
 	}
 	tests := []struct {

@@ -105,14 +105,22 @@ func (r *report) floors() []floor {
 	}
 	fs = append(fs, f)
 
-	f = floor{name: "Added latency", rule: "(Verge 2 hops p50 − direct p50) ÷ (stock 2 hops p50 − direct p50), HTTP/1.1, 1,000 req/s ≤ 0.5"}
+	// The verdict uses latency from the actual send: the scheduled-time p50
+	// also carries the generator's own timer slack (direct's open-loop p50
+	// against its closed-loop one shows how much), which is the same for
+	// every case but makes a difference of p50s noisy. Both are printed.
+	f = floor{name: "Added latency", rule: "(Verge 2 hops p50 − direct p50) ÷ (stock 2 hops p50 − direct p50), HTTP/1.1, 1,000 req/s, latency from send ≤ 0.5"}
 	if v, s, d := r.cell(load.HTTP1, open1000, "verge2"), r.cell(load.HTTP1, open1000, "stock2"), r.cell(load.HTTP1, open1000, "direct"); v != nil && s != nil && d != nil {
-		dp := d.res.Latency.Quantile(0.5)
-		va, sa := v.res.Latency.Quantile(0.5)-dp, s.res.Latency.Quantile(0.5)-dp
+		added := func(h func(*load.Result) *load.Histogram) (time.Duration, time.Duration) {
+			dp := h(d.res).Quantile(0.5)
+			return h(v.res).Quantile(0.5) - dp, h(s.res).Quantile(0.5) - dp
+		}
+		va, sa := added(func(r *load.Result) *load.Histogram { return &r.Service })
+		vs, ss := added(func(r *load.Result) *load.Histogram { return &r.Latency })
 		if sa > 0 {
 			ratio := float64(va) / float64(sa)
 			f.known, f.pass = true, ratio <= 0.5
-			f.value = fmt.Sprintf("%.2f (%s ÷ %s)", ratio, fmtDur(va), fmtDur(sa))
+			f.value = fmt.Sprintf("%.2f (%s ÷ %s); from scheduled time %s ÷ %s", ratio, fmtDur(va), fmtDur(sa), fmtDur(vs), fmtDur(ss))
 		} else {
 			f.value = fmt.Sprintf("stock added p50 %s is not positive", fmtDur(sa))
 		}
@@ -158,7 +166,12 @@ func (r *report) markdown() string {
 	for _, proto := range r.protocols {
 		p("## %v\n\n", proto)
 		for li, l := range loads {
-			p("### %s\n\n| case | req/s | p50 | p90 | p99 | CPU µs/req | errors |\n|---|---:|---:|---:|---:|---:|---:|\n", l.name)
+			open := l.rate > 0
+			if open {
+				p("### %s\n\nLatency from each request's scheduled time; the last column is p50 from the actual send.\n\n| case | req/s | p50 | p90 | p99 | CPU µs/req | errors | p50 from send |\n|---|---:|---:|---:|---:|---:|---:|---:|\n", l.name)
+			} else {
+				p("### %s\n\n| case | req/s | p50 | p90 | p99 | CPU µs/req | errors |\n|---|---:|---:|---:|---:|---:|---:|\n", l.name)
+			}
 			for _, c := range r.cases {
 				m := r.cells[cellKey{proto, li, c.key}]
 				switch {
@@ -178,8 +191,12 @@ func (r *report) markdown() string {
 					if res.Errors > 0 {
 						errs += " (" + oneLine(res.FirstError) + ")"
 					}
-					p("| %s | %.0f | %s | %s | %s | %s | %s |\n", c.title, res.RequestsPerSecond(),
+					p("| %s | %.0f | %s | %s | %s | %s | %s |", c.title, res.RequestsPerSecond(),
 						fmtDur(res.Latency.Quantile(0.5)), fmtDur(res.Latency.Quantile(0.9)), fmtDur(res.Latency.Quantile(0.99)), cpu, errs)
+					if open {
+						p(" %s |", fmtDur(res.Service.Quantile(0.5)))
+					}
+					p("\n")
 				}
 			}
 			p("\n")
