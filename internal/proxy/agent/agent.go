@@ -18,8 +18,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
-	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -78,6 +78,10 @@ type Outbound struct {
 	LocalAddress string
 }
 
+// trimSettle is how long after the last configuration change the agent
+// releases pages it no longer needs (see internal/memtrim).
+const trimSettle = 2 * time.Second
+
 // Addrs are the bound addresses the agent reports once it is serving.
 type Addrs struct {
 	Admin string
@@ -110,26 +114,30 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}
 
 	trim := func() {
+		// Return the heap the configuration change left free, then the
+		// binary's pages; both come back on demand.
+		debug.FreeOSMemory()
 		if n, err := memtrim.Trim(); err != nil {
 			log.Debug("memory trim skipped", "error", err)
 		} else {
 			log.Debug("memory trimmed", "bytes_advised", n)
 		}
 	}
-	// Start-up (descriptor registration) and the first configuration (the
-	// first unmarshal of each xDS type) touch code and data that the proxy
-	// does not use again; release them once after each.
+	// Start-up (descriptor registration) and applying a configuration (the
+	// first unmarshal of each xDS type, opening listeners) touch code and
+	// data that the proxy does not use again; release them at start and
+	// once a burst of configuration changes has settled.
 	trim()
-	var trimOnce sync.Once
+	settled := time.AfterFunc(time.Hour, trim)
+	settled.Stop()
+	defer settled.Stop()
 	xc := xdsclient.New(xdsclient.Config{
 		ServerAddr: cfg.XDSAddr,
 		Node:       cfg.node(),
 		CacheDir:   cfg.DataDir,
 	}, func(s *config.Snapshot) {
 		p.Update(s)
-		if len(s.Listeners) > 0 {
-			trimOnce.Do(trim)
-		}
+		settled.Reset(trimSettle)
 	}, logger)
 
 	reg := &registrar{cfg: cfg, http: &http.Client{Timeout: 5 * time.Second}, log: log}
