@@ -32,8 +32,8 @@ step "staticcheck"
 step "unit tests (race)"
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v '/test/e2e$')
 
-step "end-to-end tests (real verge processes on loopback)"
-go test -count=1 -timeout 20m ./test/e2e/
+step "end-to-end tests (real verge processes on loopback, built with -race)"
+VERGE_E2E_RACE=1 go test -count=1 -timeout 20m ./test/e2e/
 
 step "verge-proxy cross-builds"
 GOOS=linux GOARCH=arm64 go build -trimpath -o /dev/null ./cmd/verge-proxy

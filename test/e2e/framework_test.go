@@ -29,6 +29,7 @@ type proc struct {
 
 	mu    sync.Mutex
 	lines []map[string]any // parsed JSON log lines
+	raced bool             // the race detector reported in this process
 	done  chan struct{}
 }
 
@@ -63,6 +64,11 @@ func startVerge(t *testing.T, name string, args ...string) *proc {
 			line := sc.Bytes()
 			f.Write(line)
 			f.Write([]byte{'\n'})
+			if bytes.Contains(line, []byte("WARNING: DATA RACE")) {
+				p.mu.Lock()
+				p.raced = true
+				p.mu.Unlock()
+			}
 			var m map[string]any
 			if json.Unmarshal(line, &m) == nil {
 				p.mu.Lock()
@@ -74,6 +80,12 @@ func startVerge(t *testing.T, name string, args ...string) *proc {
 	}()
 	t.Cleanup(func() {
 		p.kill()
+		p.mu.Lock()
+		raced := p.raced
+		p.mu.Unlock()
+		if raced {
+			t.Errorf("the race detector reported a data race in %s", name)
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
 			if len(b) > 8000 {

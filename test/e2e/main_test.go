@@ -26,7 +26,13 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	vergeBin = filepath.Join(dir, "verge")
-	cmd := exec.Command("go", "build", "-o", vergeBin, "verge.dev/verge/cmd/verge")
+	args := []string{"build", "-o", vergeBin}
+	if os.Getenv("VERGE_E2E_RACE") == "1" {
+		// The processes under test run with the race detector too, so a
+		// race that only shows across real connections is caught here.
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "verge.dev/verge/cmd/verge")...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build verge:", err)
