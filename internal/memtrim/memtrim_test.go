@@ -1,7 +1,9 @@
 package memtrim
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -27,12 +29,17 @@ func rssFile(t *testing.T) int {
 // TestTrimKeepsTheProcessWorking trims, then exercises code and data that
 // start-up touched (formatting, maps, reflection through the test framework),
 // so a trim that dropped anything but clean file pages would crash here.
+// Under -buildmode=pie (see TestTrimPIE) Trim must refuse instead.
 func TestTrimKeepsTheProcessWorking(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("trim is Linux-only")
 	}
 	before := rssFile(t)
 	n, err := Trim()
+	if errors.Is(err, ErrPIE) {
+		t.Logf("position-independent test binary: trim refused, as it must")
+		return
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,4 +54,26 @@ func TestTrimKeepsTheProcessWorking(t *testing.T) {
 		t.Fatal("process state changed after trim")
 	}
 	t.Logf("advised %d bytes; file-backed resident %d kB -> %d kB", n, before, rssFile(t))
+}
+
+// TestTrimPIE builds this package's tests as a position-independent
+// executable and runs them: Trim must leave such a binary alone, since
+// dropping its RELRO pages would crash it.
+func TestTrimPIE(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("trim is Linux-only")
+	}
+	if os.Getenv("MEMTRIM_PIE_CHILD") == "1" {
+		t.Skip("already the PIE child")
+	}
+	bin := t.TempDir() + "/memtrim-pie.test"
+	if out, err := exec.Command("go", "test", "-c", "-buildmode=pie", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build PIE test binary: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "-test.run", "TestTrimKeepsTheProcessWorking", "-test.v")
+	cmd.Env = append(os.Environ(), "MEMTRIM_PIE_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "trim refused") {
+		t.Fatalf("PIE test binary: %v\n%s", err, out)
+	}
 }
