@@ -55,6 +55,8 @@ type Server struct {
 	st     store.Store
 	logger *slog.Logger
 	now    func() time.Time
+	// watchWriteTimeout bounds writing one watch event.
+	watchWriteTimeout time.Duration
 }
 
 // Option configures a Server.
@@ -63,10 +65,16 @@ type Option func(*Server)
 // WithClock sets the clock used for creationTimestamp (time.Now by default).
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
 
+// WithWatchWriteTimeout sets how long writing one watch event to a client
+// may take before the watch is dropped (DefaultWatchWriteTimeout by default).
+func WithWatchWriteTimeout(d time.Duration) Option {
+	return func(s *Server) { s.watchWriteTimeout = d }
+}
+
 // New returns a Server storing resources in st. The caller keeps ownership
 // of st and closes it after the server's handler is no longer in use.
 func New(st store.Store, logger *slog.Logger, opts ...Option) *Server {
-	s := &Server{st: st, logger: logger.With("component", "apiserver"), now: time.Now}
+	s := &Server{st: st, logger: logger.With("component", "apiserver"), now: time.Now, watchWriteTimeout: DefaultWatchWriteTimeout}
 	for _, o := range opts {
 		o(s)
 	}

@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -491,5 +493,71 @@ func TestWatchCompacted(t *testing.T) {
 	}
 	if w.sc.Scan() {
 		t.Errorf("stream continued after ERROR: %q", w.sc.Text())
+	}
+}
+
+// stuckWriter is a client connection that stops reading: a write blocks
+// until the write deadline passes (and for good without one, as a real
+// connection would).
+type stuckWriter struct {
+	header   http.Header
+	mu       sync.Mutex
+	deadline time.Time
+	blocked  chan struct{} // closed when a write first blocks
+	once     sync.Once
+}
+
+func (w *stuckWriter) Header() http.Header { return w.header }
+func (w *stuckWriter) WriteHeader(int)     {}
+func (w *stuckWriter) Flush() error        { return nil }
+
+func (w *stuckWriter) SetWriteDeadline(t time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.deadline = t
+	return nil
+}
+
+func (w *stuckWriter) Write([]byte) (int, error) {
+	w.once.Do(func() { close(w.blocked) })
+	w.mu.Lock()
+	d := w.deadline
+	w.mu.Unlock()
+	if d.IsZero() {
+		select {} // what a stuck client does to a handler without deadlines
+	}
+	time.Sleep(time.Until(d))
+	return 0, os.ErrDeadlineExceeded
+}
+
+// TestWatchDropsStuckClient: a watcher that stops reading is dropped after
+// the write timeout, so its handler and store watch do not linger.
+func TestWatchDropsStuckClient(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "verge.db"), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := st.Create(t.Context(), "/verge.dev/services/default/a", []byte(`{"apiVersion":"verge.dev/v1alpha1","kind":"Service","metadata":{"name":"a","namespace":"default"},"spec":{"ports":[{"port":80}]}}`)); err != nil {
+		t.Fatal(err)
+	}
+	h := apiserver.New(st, logger, apiserver.WithWatchWriteTimeout(50*time.Millisecond)).Handler()
+	w := &stuckWriter{header: http.Header{}, blocked: make(chan struct{})}
+	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, svcPath+"?watch=1", nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.ServeHTTP(w, req)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch handler still blocked on a client that stopped reading")
+	}
+	select {
+	case <-w.blocked:
+	default:
+		t.Error("the handler returned without writing")
 	}
 }

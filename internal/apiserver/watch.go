@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"verge.dev/verge/api/v1alpha1"
 	"verge.dev/verge/internal/store"
@@ -28,10 +29,17 @@ type WatchEvent struct {
 	Object any    `json:"object"`
 }
 
-// watch streams newline-delimited WatchEvents until the client goes or the
-// store ends the watch. Without a resourceVersion (or with "0") it first
-// sends every existing object as ADDED, then the changes after that list;
-// with resourceVersion=N it sends the changes after revision N.
+// DefaultWatchWriteTimeout bounds writing one watch event to the client: a
+// watcher that stops reading is dropped after it, which ends its handler and
+// releases its store watch.
+const DefaultWatchWriteTimeout = 10 * time.Second
+
+// watch streams newline-delimited WatchEvents until the client goes, stops
+// reading for longer than the write timeout, the server shuts down (its
+// request context ends) or the store ends the watch. Without a
+// resourceVersion (or with "0") it first sends every existing object as
+// ADDED, then the changes after that list; with resourceVersion=N it sends
+// the changes after revision N.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, k v1alpha1.Kind, prefix string) {
 	ctx := r.Context()
 	var after int64
@@ -57,19 +65,30 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, k v1alpha1.Kind, 
 		s.writeError(w, r, target{kind: k}, fmt.Errorf("watch %s: %w", prefix, err))
 		return
 	}
-	flusher, _ := w.(http.Flusher)
+	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
-	send := func(ev WatchEvent) bool {
-		if err := enc.Encode(ev); err != nil {
-			return false // the client went away
-		}
-		if flusher != nil {
-			flusher.Flush()
+	// flush pushes what was written to the client within the write timeout.
+	// The deadline is lifted afterwards: between events the stream is
+	// idle, and HTTP/2 would reset a stream whose deadline passes even then.
+	// A writer without deadlines or flushing (a test recorder) is served
+	// as it is.
+	flush := func() bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.watchWriteTimeout))
+		defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return false // the client went away or stopped reading
 		}
 		return true
+	}
+	send := func(ev WatchEvent) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.watchWriteTimeout))
+		if err := enc.Encode(ev); err != nil {
+			return false // the client went away or stopped reading
+		}
+		return flush()
 	}
 	// Returning early is safe: ctx ends when the handler returns, and the
 	// store then closes events and releases the watch.
@@ -84,8 +103,9 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, k v1alpha1.Kind, 
 			return
 		}
 	}
-	if flusher != nil {
-		flusher.Flush() // let the client know the stream is open even when nothing happens
+	// Let the client know the stream is open even when nothing happens.
+	if !flush() {
+		return
 	}
 	for ev := range events {
 		out, err := watchEvent(k, ev)

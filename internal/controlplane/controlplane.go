@@ -104,8 +104,9 @@ func (c Config) withDefaults() Config {
 // Run runs the control plane until ctx ends (it then returns nil) or a part
 // fails. Once every listener is bound it calls ready, when not nil, with the
 // bound addresses (useful with port 0) and logs "control plane ready".
-// Shutdown: stop accepting and drain HTTP and gRPC (each for at most 5 s),
-// then stop the registry, then close the store.
+// Shutdown: stop accepting and drain HTTP and gRPC (each for at most 5 s;
+// open API watches end at once), then stop the registry, then close the
+// store.
 func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)) (err error) {
 	cfg = cfg.withDefaults()
 	st, err := openStore(ctx, cfg, logger)
@@ -137,11 +138,24 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg := registry.New(st, logger)
 	xsrv := xds.New(xds.Config{Meshes: reg.Meshes(), Observer: reg, Registerer: metrics}, logger)
+	// Request contexts derive from baseCtx, which ends as soon as shutdown
+	// starts: Shutdown waits for every handler, and a ?watch=1 stream only
+	// returns when its context ends, so it would otherwise hold shutdown
+	// for the whole drain timeout.
+	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBase()
 	hs := &http.Server{
-		Handler:           apiHandler(cfg, st, reg, xsrv, metrics, logger),
+		Handler:     apiHandler(cfg, st, reg, xsrv, metrics, logger),
+		BaseContext: func(net.Listener) context.Context { return baseCtx },
+		// ReadTimeout bounds reading a request (headers and body), not a
+		// long-lived watch response.
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
+	hs.RegisterOnShutdown(cancelBase)
 
 	g, gctx := errgroup.WithContext(ctx)
 	// Loops stop only after the servers drained, so that in-flight requests

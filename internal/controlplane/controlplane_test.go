@@ -221,8 +221,17 @@ func testControlPlane(t *testing.T, cfg Config) {
 	if code, _ := do(http.MethodPut, "/api/v1/health/default/nobody", `{"ready":true}`); code != http.StatusNotFound {
 		t.Errorf("health report for unknown workload = %d, want 404", code)
 	}
-	if code, body := do(http.MethodGet, "/", ""); code != http.StatusOK || !strings.Contains(body, "web.default.mesh") || !strings.Contains(body, "client.default") {
-		t.Errorf("dashboard = %d\n%s", code, body)
+	// Each kind has its own store watch, so the registry may hold the
+	// workloads (and the proxy its listener) before it sees the service.
+	for end := time.Now().Add(waitFor); ; {
+		code, body := do(http.MethodGet, "/", "")
+		if code == http.StatusOK && strings.Contains(body, "web.default.mesh") && strings.Contains(body, "client.default") {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("dashboard = %d\n%s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if code, body := do(http.MethodGet, "/metrics", ""); code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
 		t.Errorf("/metrics = %d\n%s", code, body)
@@ -232,4 +241,55 @@ func testControlPlane(t *testing.T, cfg Config) {
 	<-recvDone
 	conn.Close()
 	stop()
+}
+
+// TestShutdownWithOpenWatch: an open ?watch=1 stream ends when shutdown
+// starts instead of holding it for the whole drain timeout.
+func TestShutdownWithOpenWatch(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := Config{APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", DataDir: t.TempDir()}
+	addrsCh := make(chan Addrs, 1)
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, logger, func(a Addrs) { addrsCh <- a }) }()
+	var addrs Addrs
+	select {
+	case addrs = <-addrsCh:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(waitFor):
+		t.Fatal("control plane not ready")
+	}
+
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+addrs.API+"/apis/verge.dev/v1alpha1/namespaces/default/services?watch=1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The response headers come once the handler has opened its store watch.
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("watch: status %d", resp.StatusCode)
+	}
+
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Run did not return after cancel")
+	}
+	if took := time.Since(start); took >= drainTimeout {
+		t.Errorf("shutdown with an open watch took %v, want less than the %v drain timeout", took, drainTimeout)
+	}
+	if _, err := io.ReadAll(resp.Body); err != nil {
+		t.Logf("watch body ended with %v", err)
+	}
 }

@@ -20,7 +20,7 @@ type healthReport struct {
 
 // HealthHandler serves PUT /api/v1/health/{namespace}/{workload} with the
 // JSON body {"ready": true|false}: a Verge proxy reports its application's
-// readiness on connect, on every change and every 10 s. It answers 204, 404
+// readiness on connect, on every change and at least every 5 s. It answers 204, 404
 // for an unknown workload, 400 for a bad body. Mount it at HealthPath.
 func (r *Registry) HealthHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -111,14 +111,8 @@ func (r *Registry) Status() ([]ServiceStatus, []WorkloadStatus) {
 	sout := make([]ServiceStatus, 0, len(svcs))
 	for _, svc := range svcs {
 		st := ServiceStatus{Namespace: svc.Namespace, Name: svc.Name, Ports: slices.Clone(svc.Spec.Ports)}
-		sel := svc.Spec.Selector
-		if len(sel) == 0 {
-			// The API defaults the selector; this mirrors that default for
-			// objects stored without it.
-			sel = map[string]string{"app": svc.Name}
-		}
 		for _, wl := range wls {
-			if wl.Namespace != svc.Namespace || !selects(sel, wl.Labels) {
+			if wl.Namespace != svc.Namespace || !selects(svc.Spec.Selector, wl.Labels) {
 				continue
 			}
 			st.Endpoints++
@@ -131,7 +125,12 @@ func (r *Registry) Status() ([]ServiceStatus, []WorkloadStatus) {
 	return sout, wout
 }
 
+// selects reports whether sel selects labels. As in translate (and
+// Kubernetes), an empty selector selects nothing.
 func selects(sel, labels map[string]string) bool {
+	if len(sel) == 0 {
+		return false
+	}
 	for k, v := range sel {
 		if got, ok := labels[k]; !ok || got != v {
 			return false

@@ -40,6 +40,10 @@ const DefaultDebounce = 50 * time.Millisecond
 const (
 	minRetry = 100 * time.Millisecond
 	maxRetry = 5 * time.Second
+	// healthyWatch is how long a watch must have run for its failure to
+	// count as a new outage (retried from minRetry) rather than the next
+	// failure of the same one.
+	healthyWatch = 30 * time.Second
 )
 
 // Registry is the in-memory mesh. Create it with New and start it with Run;
@@ -108,7 +112,8 @@ func (r *Registry) watchKind(ctx context.Context, k v1alpha1.Kind) error {
 	prefix := apiserver.Prefix(k)
 	retry := minRetry
 	for {
-		err := r.listAndWatch(ctx, k, prefix)
+		start := time.Now()
+		delivered, err := r.listAndWatch(ctx, k, prefix)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -116,6 +121,12 @@ func (r *Registry) watchKind(ctx context.Context, k v1alpha1.Kind) error {
 			logger.Info("watch compacted, listing again")
 			retry = minRetry
 			continue
+		}
+		if delivered || time.Since(start) >= healthyWatch {
+			// The store worked until now: a watch that ends after days
+			// must not wait as long as the last of an earlier outage's
+			// retries.
+			retry = minRetry
 		}
 		logger.Warn("store watch failed", "err", err, "retry_in", retry)
 		t := time.NewTimer(retry)
@@ -129,10 +140,12 @@ func (r *Registry) watchKind(ctx context.Context, k v1alpha1.Kind) error {
 	}
 }
 
-func (r *Registry) listAndWatch(ctx context.Context, k v1alpha1.Kind, prefix string) error {
+// listAndWatch lists k and then applies its changes until the watch ends;
+// delivered tells whether the watch delivered any event.
+func (r *Registry) listAndWatch(ctx context.Context, k v1alpha1.Kind, prefix string) (delivered bool, err error) {
 	kvs, rev, err := r.st.List(ctx, prefix)
 	if err != nil {
-		return fmt.Errorf("list %s: %w", prefix, err)
+		return false, fmt.Errorf("list %s: %w", prefix, err)
 	}
 	objs := make(map[string]v1alpha1.Object, len(kvs))
 	for _, kv := range kvs {
@@ -153,18 +166,19 @@ func (r *Registry) listAndWatch(ctx context.Context, k v1alpha1.Kind, prefix str
 
 	events, errf, err := r.st.Watch(ctx, prefix, rev)
 	if err != nil {
-		return fmt.Errorf("watch %s: %w", prefix, err)
+		return false, fmt.Errorf("watch %s: %w", prefix, err)
 	}
 	for ev := range events {
+		delivered = true
 		r.apply(k, ev)
 	}
 	if err := errf(); err != nil {
-		return fmt.Errorf("watch %s: %w", prefix, err)
+		return delivered, fmt.Errorf("watch %s: %w", prefix, err)
 	}
 	if ctx.Err() == nil {
-		return fmt.Errorf("watch %s: channel closed", prefix)
+		return delivered, fmt.Errorf("watch %s: channel closed", prefix)
 	}
-	return nil
+	return delivered, nil
 }
 
 func (r *Registry) apply(k v1alpha1.Kind, ev store.Event) {

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -348,4 +350,98 @@ func TestRelistOnCompaction(t *testing.T) {
 	if st.failed.Load() < 2 {
 		t.Errorf("workloads watched %d times, want a second watch after compaction", st.failed.Load())
 	}
+}
+
+// TestStatusServiceWithoutSelector: a service stored without a selector
+// selects nothing, as translate has it, not the workloads labelled with its
+// name.
+func TestStatusServiceWithoutSelector(t *testing.T) {
+	st := newStore(t)
+	bare := service("a")
+	bare.Spec.Selector = nil
+	put(t, st, bare)
+	put(t, st, workload("a-1", "a", false))
+	r := run(t, st)
+	waitMesh(t, r, summary{Services: []string{"default/a"}, Workloads: []string{"default/a-1"}, Health: map[string]translate.Health{}})
+	svcs, _ := r.Status()
+	if diff := cmp.Diff([]ServiceStatus{{Namespace: "default", Name: "a", Ports: bare.Spec.Ports}}, svcs); diff != "" {
+		t.Errorf("services (-want +got):\n%s", diff)
+	}
+}
+
+// flakyStore serves List from nothing and runs one scripted Watch per call;
+// it records when each watch started.
+type flakyStore struct {
+	store.Store
+	watches []func(ctx context.Context, ch chan<- store.Event) error
+	starts  []time.Time
+	cancel  context.CancelFunc
+}
+
+func (s *flakyStore) List(context.Context, string) ([]store.KeyValue, int64, error) {
+	return nil, 1, nil
+}
+
+func (s *flakyStore) Watch(ctx context.Context, _ string, _ int64) (<-chan store.Event, func() error, error) {
+	s.starts = append(s.starts, time.Now())
+	if len(s.starts) > len(s.watches) {
+		s.cancel()
+		return nil, nil, ctx.Err()
+	}
+	run := s.watches[len(s.starts)-1]
+	ch := make(chan store.Event)
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(ch)
+		err = run(ctx, ch)
+	}()
+	return ch, func() error { <-done; return err }, nil
+}
+
+// TestRetryResetsAfterHealthyWatch: backoff doubles while the store keeps
+// failing and starts over after a watch that delivered events or ran long.
+func TestRetryResetsAfterHealthyWatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		errDown := errors.New("store down")
+		fail := func(context.Context, chan<- store.Event) error { return errDown }
+		wlKind, _ := v1alpha1.KindByName("Workload")
+		val, err := json.Marshal(workload("w", "w", false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		deliver := func(ctx context.Context, ch chan<- store.Event) error {
+			ch <- store.Event{Type: store.EventPut, KV: store.KeyValue{Key: apiserver.Key(wlKind, "default", "w"), Value: val, CreateRevision: 2, ModRevision: 2}}
+			return errDown
+		}
+		runLong := func(context.Context, chan<- store.Event) error {
+			time.Sleep(time.Minute) // fake time: the watch stays up for a minute
+			return errDown
+		}
+		st := &flakyStore{watches: []func(context.Context, chan<- store.Event) error{
+			fail, fail, fail, deliver, fail, runLong, fail,
+		}}
+		ctx, cancel := context.WithCancel(t.Context())
+		st.cancel = cancel
+		r := New(st, slog.New(slog.NewTextHandler(t.Output(), nil)))
+		if err := r.watchKind(ctx, wlKind); err != nil {
+			t.Fatalf("watchKind: %v", err)
+		}
+		var gaps []time.Duration
+		for i := 1; i < len(st.starts); i++ {
+			gaps = append(gaps, st.starts[i].Sub(st.starts[i-1]))
+		}
+		ms := time.Millisecond
+		want := []time.Duration{
+			100 * ms, 200 * ms, 400 * ms, // failing: doubles
+			100 * ms,             // after a watch that delivered an event
+			200 * ms,             // failing again: doubles
+			time.Minute + 100*ms, // after a watch that ran a minute
+			200 * ms,
+		}
+		if diff := cmp.Diff(want, gaps); diff != "" {
+			t.Errorf("gaps between watches (-want +got):\n%s", diff)
+		}
+	})
 }

@@ -14,6 +14,14 @@
 // proxy and gets translate's ForWorkload output; any other client (Envoy,
 // proxyless gRPC) gets ForProxyless. Each type's version is a hash of its
 // resources, so a change reaches every client it affects, and only those.
+//
+// A Verge proxy whose Workload is not in the current mesh gets no snapshot at
+// all, never an empty one: a proxy applies what it is sent and saves it as
+// its on-disk cache, so an empty snapshot would tear down every listener it
+// has. That makes it the edge guarantee that a deleted workload's proxy keeps
+// serving the last configuration it accepted until it is stopped; a proxy
+// whose Workload does not exist yet waits for it. A node that reconnects
+// naming a different workload is re-read on each new stream and republished.
 package xds
 
 import (
@@ -22,9 +30,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
@@ -33,6 +43,7 @@ import (
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -97,6 +108,9 @@ type Server struct {
 	pubMu sync.Mutex
 	// cur is the latest mesh's state; nil until the first mesh. Guarded by pubMu.
 	cur *meshState
+	// published maps a node ID to the workload key ("" for proxyless) of
+	// the snapshot last set for it. Guarded by pubMu.
+	published map[string]string
 
 	// mu guards the fields below; never held while calling out.
 	mu      sync.Mutex
@@ -113,7 +127,9 @@ type meshState struct {
 }
 
 type nodeState struct {
-	id                  string
+	id string
+	// namespace and workload are read from the metadata of the node's
+	// newest stream.
 	namespace, workload string
 	streams             int
 	connectedAt         time.Time
@@ -130,14 +146,72 @@ type streamKey struct {
 
 type streamState struct {
 	nodeID string
+	// namespace and workload are what the stream's first request named, so
+	// that the observer hears of its close under the name it was told of
+	// at its opening even when the node later reconnects as another.
+	namespace, workload string
 	// nonces maps a delta response's nonce to its system version, so that
-	// an ACK (which carries only the nonce) can be attributed.
+	// an ACK (which carries only the nonce) can be attributed; order holds
+	// the same nonces oldest first, to evict the oldest when full.
 	nonces map[string]string
+	order  []string
 }
 
 // maxNonces bounds streamState.nonces; a client that never answers cannot
 // grow it further.
 const maxNonces = 64
+
+// rememberNonce records a delta response's nonce, evicting the oldest one
+// when maxNonces are outstanding.
+func (st *streamState) rememberNonce(nonce, version string) {
+	if _, ok := st.nonces[nonce]; ok {
+		st.nonces[nonce] = version
+		return
+	}
+	for len(st.order) >= maxNonces {
+		delete(st.nonces, st.order[0])
+		st.order = st.order[1:]
+	}
+	st.nonces[nonce] = version
+	st.order = append(st.order, nonce)
+}
+
+// takeNonce returns and forgets the version sent with nonce; ok is false
+// for a nonce never sent on the stream or already evicted.
+func (st *streamState) takeNonce(nonce string) (version string, ok bool) {
+	version, ok = st.nonces[nonce]
+	if ok {
+		delete(st.nonces, nonce)
+		if i := slices.Index(st.order, nonce); i >= 0 {
+			st.order = slices.Delete(st.order, i, i+1)
+		}
+	}
+	return version, ok
+}
+
+// servedTypes are the type URLs the server offers. Requests name a type
+// before go-control-plane checks it, so only these are recorded: any other
+// would let a client grow the status map and the NACK metric at will.
+var servedTypes = map[string]bool{
+	resource.ListenerType: true,
+	resource.RouteType:    true,
+	resource.ClusterType:  true,
+	resource.EndpointType: true,
+}
+
+// maxNACKBytes bounds the NACK message kept and logged per type.
+const maxNACKBytes = 1024
+
+// truncateUTF8 cuts s to at most n bytes without splitting a rune.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
 
 // New returns a server; it serves nothing until Run.
 func New(cfg Config, logger *slog.Logger) *Server {
@@ -163,10 +237,11 @@ func New(cfg Config, logger *slog.Logger) *Server {
 		}),
 		invalid: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "verge_xds_invalid_resources_total",
-			Help: "Snapshots withheld because a resource failed Validate().",
+			Help: "Snapshots withheld because their resources failed validation.",
 		}),
-		nodes:   map[string]*nodeState{},
-		streams: map[streamKey]*streamState{},
+		published: map[string]string{},
+		nodes:     map[string]*nodeState{},
+		streams:   map[streamKey]*streamState{},
 	}
 	s.mux = &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return cacheKind(r.GetNode()) },
@@ -315,30 +390,19 @@ func (s *Server) publishLocked(id string) {
 		return
 	}
 
+	var wl *v1alpha1.Workload
+	if key != "" {
+		if wl, ok = s.cur.workloads[key]; !ok {
+			s.withholdLocked(id, key)
+			return
+		}
+	}
 	snap, ok := s.cur.snaps[key]
 	if !ok {
-		var r translate.Resources
-		if key == "" {
-			r = s.cur.ix.ForProxyless()
-		} else if wl, found := s.cur.workloads[key]; found {
-			r = s.cur.ix.ForWorkload(wl)
-		}
-		// A Verge proxy whose Workload is not (yet) stored gets an empty
-		// configuration rather than a proxyless one.
-		var err error
-		snap, err = buildSnapshot(r)
-		if err != nil {
-			s.invalid.Inc()
-			s.logger.Error("snapshot withheld", "node", id, "workload", key, "err", err)
-			snap = nil
-		} else if key != "" {
-			// Proxyless api listeners reference no RDS, so only Verge proxy
-			// snapshots can be held to Consistent().
-			if err := snap.Consistent(); err != nil {
-				s.inconsistent.Inc()
-				s.logger.Error("snapshot withheld", "node", id, "workload", key, "err", err)
-				snap = nil
-			}
+		if wl == nil {
+			snap = s.snapshot(id, key, s.cur.ix.ForProxyless())
+		} else {
+			snap = s.snapshot(id, key, s.cur.ix.ForWorkload(wl))
 		}
 		s.cur.snaps[key] = snap
 	}
@@ -347,13 +411,63 @@ func (s *Server) publishLocked(id string) {
 	}
 	// The cache only writes to buffered channels sized for one response per
 	// type per stream, so this does not block on a slow client.
-	c := s.proxyless
-	if key != "" {
-		c = s.proxies
-	}
-	if err := c.SetSnapshot(context.Background(), id, snap); err != nil {
+	if err := s.cacheFor(key).SetSnapshot(context.Background(), id, snap); err != nil {
 		s.logger.Error("set snapshot", "node", id, "err", err)
+		return
 	}
+	s.published[id] = key
+}
+
+// withholdLocked leaves node id, a Verge proxy naming the unknown workload
+// key, without a new snapshot (see the package comment): the proxy keeps
+// what it has. What it has must still be its own, though: a snapshot set
+// while the node named another workload (or none) is cleared rather than
+// served under the new name. s.pubMu must be held.
+func (s *Server) withholdLocked(id, key string) {
+	prev, had := s.published[id]
+	if had && prev != key {
+		s.cacheFor(prev).ClearSnapshot(id)
+		delete(s.published, id)
+		s.logger.Info("snapshot cleared, workload changed", "node", id, "workload", key, "previous_workload", prev)
+	}
+	s.logger.Debug("snapshot withheld, workload unknown", "node", id, "workload", key, "keeps_last", had && prev == key)
+}
+
+// cacheFor is the cache that serves clients with workload key.
+func (s *Server) cacheFor(key string) cache.SnapshotCache {
+	if key == "" {
+		return s.proxyless
+	}
+	return s.proxies
+}
+
+// snapshot validates r with translate's Validate (which also opens the
+// messages packed in Anys and checks references, for proxyless clients too)
+// and builds node id's snapshot from it. It returns nil, counted and logged,
+// when r is invalid or, for a Verge proxy, the snapshot fails Consistent():
+// nothing half-valid is ever offered.
+func (s *Server) snapshot(id, key string, r translate.Resources) *cache.Snapshot {
+	if err := r.Validate(); err != nil {
+		s.invalid.Inc()
+		s.logger.Error("snapshot withheld", "node", id, "workload", key, "err", err)
+		return nil
+	}
+	snap, err := buildSnapshot(r)
+	if err != nil {
+		s.invalid.Inc()
+		s.logger.Error("snapshot withheld", "node", id, "workload", key, "err", err)
+		return nil
+	}
+	// Proxyless api listeners reference no RDS, so only Verge proxy
+	// snapshots can be held to Consistent().
+	if key != "" {
+		if err := snap.Consistent(); err != nil {
+			s.inconsistent.Inc()
+			s.logger.Error("snapshot withheld", "node", id, "workload", key, "err", err)
+			return nil
+		}
+	}
+	return snap
 }
 
 // sweep forgets nodes without streams since before now-GoneAfter.
@@ -372,6 +486,7 @@ func (s *Server) sweep(now time.Time) {
 	for _, id := range gone {
 		s.proxies.ClearSnapshot(id)
 		s.proxyless.ClearSnapshot(id)
+		delete(s.published, id)
 		s.logger.Debug("node forgotten", "node", id)
 	}
 }
@@ -398,27 +513,36 @@ func (s *Server) callbacks() serverv3.Callbacks {
 }
 
 // onRequest records a client request: the first on a stream registers the
-// stream (and the node, which then gets its snapshot at once); an ACK or NACK
-// updates the type's status. versionInfo is empty for delta requests, whose
-// ACKs are attributed through the nonce.
+// stream (and the node, which then gets its snapshot at once; a known node
+// whose workload metadata changed is republished); an ACK or NACK of a
+// served type updates the type's status. versionInfo is empty for delta
+// requests, whose ACKs are attributed through the nonce.
 func (s *Server) onRequest(k streamKey, node *corev3.Node, typeURL, versionInfo, nonce, nackMsg string, nack bool) {
 	now := time.Now()
-	var newStream, newNode bool
+	var publish, recorded bool
 	var ns, name, nodeID string
+	nackMsg = truncateUTF8(nackMsg, maxNACKBytes)
 
 	s.mu.Lock()
 	st, ok := s.streams[k]
-	if !ok {
-		newStream = true
+	newStream := !ok
+	if newStream {
 		st = &streamState{nodeID: node.GetId(), nonces: map[string]string{}}
+		st.namespace, st.workload = parseWorkload(node)
 		s.streams[k] = st
 	}
 	n, ok := s.nodes[st.nodeID]
 	if !ok {
-		newNode = true
+		publish = true
 		n = &nodeState{id: st.nodeID, types: map[string]*TypeStatus{}}
-		n.namespace, n.workload = parseWorkload(node)
+		n.namespace, n.workload = st.namespace, st.workload
 		s.nodes[st.nodeID] = n
+	} else if newStream && (n.namespace != st.namespace || n.workload != st.workload) {
+		// The node came back as another workload (or as none): what it
+		// was sent and acknowledged describes the old one.
+		publish = true
+		n.namespace, n.workload = st.namespace, st.workload
+		n.types = map[string]*TypeStatus{}
 	}
 	if newStream {
 		if n.streams == 0 {
@@ -427,37 +551,42 @@ func (s *Server) onRequest(k streamKey, node *corev3.Node, typeURL, versionInfo,
 		n.streams++
 	}
 	nodeID, ns, name = n.id, n.namespace, n.workload
-	if typeURL != "" && nonce != "" {
-		ts := n.types[typeURL]
-		if ts == nil {
-			ts = &TypeStatus{}
-			n.types[typeURL] = ts
-		}
+	if servedTypes[typeURL] && nonce != "" {
+		known := true
 		if k.delta {
-			versionInfo = st.nonces[nonce]
-			delete(st.nonces, nonce)
+			// A delta ACK carries only the nonce: one never sent, or
+			// evicted, says nothing about which version was accepted.
+			versionInfo, known = st.takeNonce(nonce)
 		}
-		if nack {
-			ts.NACK = nackMsg
-		} else {
-			ts.AckedVersion = versionInfo
-			ts.NACK = ""
+		if known {
+			recorded = true
+			ts := n.types[typeURL]
+			if ts == nil {
+				ts = &TypeStatus{}
+				n.types[typeURL] = ts
+			}
+			if nack {
+				ts.NACK = nackMsg
+			} else {
+				ts.AckedVersion = versionInfo
+				ts.NACK = ""
+			}
+			ts.UpdatedAt = now
 		}
-		ts.UpdatedAt = now
 	}
 	s.mu.Unlock()
 
 	if newStream {
 		s.logger.Info("proxy stream opened", "node", nodeID, "workload", joinWorkload(ns, name), "delta", k.delta)
-		if name != "" && s.cfg.Observer != nil {
-			s.cfg.Observer.ProxyConnected(ns, name)
+		if st.workload != "" && s.cfg.Observer != nil {
+			s.cfg.Observer.ProxyConnected(st.namespace, st.workload)
 		}
 	}
-	if nack && nonce != "" {
+	if nack && recorded {
 		s.nacks.WithLabelValues(typeURL).Inc()
 		s.logger.Warn("config rejected", "node", nodeID, "type_url", typeURL, "version", versionInfo, "error", nackMsg)
 	}
-	if newNode {
+	if publish {
 		s.pubMu.Lock()
 		s.publishLocked(nodeID)
 		s.pubMu.Unlock()
@@ -477,10 +606,7 @@ func (s *Server) onResponse(k streamKey, typeURL, version, nonce string) {
 		return
 	}
 	if k.delta {
-		if len(st.nonces) >= maxNonces {
-			clear(st.nonces)
-		}
-		st.nonces[nonce] = version
+		st.rememberNonce(nonce, version)
 	}
 	ts := n.types[typeURL]
 	if ts == nil {
@@ -499,19 +625,17 @@ func (s *Server) onClose(k streamKey) {
 		return
 	}
 	delete(s.streams, k)
-	var ns, name string
 	if n, ok := s.nodes[st.nodeID]; ok {
 		n.streams--
 		if n.streams == 0 {
 			n.disconnectedAt = time.Now()
 		}
-		ns, name = n.namespace, n.workload
 	}
 	s.mu.Unlock()
 
-	s.logger.Info("proxy stream closed", "node", st.nodeID, "workload", joinWorkload(ns, name), "delta", k.delta)
-	if name != "" && s.cfg.Observer != nil {
-		s.cfg.Observer.ProxyDisconnected(ns, name)
+	s.logger.Info("proxy stream closed", "node", st.nodeID, "workload", joinWorkload(st.namespace, st.workload), "delta", k.delta)
+	if st.workload != "" && s.cfg.Observer != nil {
+		s.cfg.Observer.ProxyDisconnected(st.namespace, st.workload)
 	}
 }
 

@@ -3,24 +3,31 @@ package xds
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
@@ -40,6 +47,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const waitFor = 10 * time.Second
 
 var protoUnmarshal = proto.UnmarshalOptions{}
+
+// validator is what protoc-gen-validate generates on every xDS message.
+type validator interface{ Validate() error }
 
 func service(name string, port, target int32) *v1alpha1.Service {
 	return &v1alpha1.Service{
@@ -470,11 +480,220 @@ func TestProxylessAndUnknown(t *testing.T) {
 		t.Errorf("proxyless listener = %v, want api listener g.default.mesh:50051", l)
 	}
 
-	// A Verge proxy whose Workload is not stored gets an empty config.
+	// A Verge proxy whose Workload is not stored gets nothing at all: an
+	// empty config would make it drop every listener it has.
 	unknown := h.dial(t, "ghost.default", "default/ghost")
 	unknown.request(resource.ListenerType, "", "", nil, "")
-	if r := unknown.recv(); len(r.GetResources()) != 0 {
-		t.Errorf("unknown workload got %d listeners, want 0", len(r.GetResources()))
+	waitUntil(t, "ghost in status", func() bool { return len(h.srv.ProxyStatus()) == 2 })
+	h.applied(t, m)
+	if snap, err := h.srv.proxies.GetSnapshot("ghost.default"); err == nil {
+		t.Errorf("unknown workload has a snapshot: %v", snap)
+	}
+	unknown.noResponse()
+}
+
+// applied sends m and returns once the server applied it: the loop takes
+// the second send only after applying the first.
+func (h *harness) applied(t *testing.T, m translate.Mesh) {
+	t.Helper()
+	h.send(t, m)
+	h.send(t, m)
+}
+
+// noResponse checks that nothing arrived (or arrives within a short wait).
+// It cannot fail a correct server on timing: a correct server never sends.
+func (c *adsClient) noResponse() {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		c.t.Errorf("node %s got %s with %d resources, want nothing", c.node.GetId(), r.GetTypeUrl(), len(r.GetResources()))
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func listenerNames(t *testing.T, r *discovery.DiscoveryResponse) []string {
+	t.Helper()
+	var out []string
+	for _, a := range r.GetResources() {
+		l := &listenerv3.Listener{}
+		if err := a.UnmarshalTo(l); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, l.GetName())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestDeletedWorkloadKeepsConfig checks the edge guarantee: when a proxy's
+// Workload leaves the mesh, the proxy is sent nothing and its snapshot stays.
+func TestDeletedWorkloadKeepsConfig(t *testing.T) {
+	h := start(t)
+	h.send(t, baseMesh())
+	c1 := h.dial(t, "c1.default", "default/c1")
+	last, _ := c1.sync()
+
+	m := baseMesh()
+	m.Workloads = slices.DeleteFunc(m.Workloads, func(wl *v1alpha1.Workload) bool { return wl.Name == "c1" })
+	// Change what c1 would see too, so a push would be due if c1 were known.
+	m.Workloads = append(m.Workloads, backend("a-2", "a", "10.0.0.2", 8080))
+	h.applied(t, m)
+	snap, err := h.srv.proxies.GetSnapshot("c1.default")
+	if err != nil {
+		t.Fatalf("c1's snapshot is gone: %v", err)
+	}
+	for typ, r := range last {
+		if got := snap.GetVersion(typ); got != r.GetVersionInfo() {
+			t.Errorf("%s version = %q, want the last sent %q", typ, got, r.GetVersionInfo())
+		}
+	}
+	c1.noResponse()
+}
+
+// TestWorkloadChange checks that a node ID that reconnects naming another
+// workload gets that workload's config, and nothing when it is unknown.
+func TestWorkloadChange(t *testing.T) {
+	h := start(t)
+	h.send(t, baseMesh())
+	first := h.dial(t, "node-1", "default/c1")
+	last, _ := first.sync()
+	if got, want := listenerNames(t, last[resource.ListenerType]), []string{"outbound:15001"}; !cmp.Equal(got, want) {
+		t.Fatalf("as c1: listeners %v, want %v", got, want)
+	}
+	first.close()
+	waitUntil(t, "c1 disconnected", func() bool { return h.obs.get("default/c1") == 0 })
+
+	// Within GoneAfter, the same node ID comes back as c2.
+	second := h.dial(t, "node-1", "default/c2")
+	second.request(resource.ListenerType, "", "", nil, "")
+	if got, want := listenerNames(t, second.recv()), []string{"outbound:15002"}; !cmp.Equal(got, want) {
+		t.Errorf("as c2: listeners %v, want %v", got, want)
+	}
+	waitUntil(t, "c2 connected", func() bool { return h.obs.get("default/c2") == 1 })
+	if st := h.srv.ProxyStatus(); len(st) != 1 || st[0].Workload != "c2" {
+		t.Errorf("status = %+v, want node-1 as c2", st)
+	}
+	second.close()
+
+	// And then as a workload that does not exist: c2's config is not its own.
+	third := h.dial(t, "node-1", "default/ghost")
+	third.request(resource.ListenerType, "", "", nil, "")
+	waitUntil(t, "ghost connected", func() bool { return h.obs.get("default/ghost") == 1 })
+	h.applied(t, baseMesh())
+	if snap, err := h.srv.proxies.GetSnapshot("node-1"); err == nil {
+		t.Errorf("node-1 as ghost has a snapshot: %v", snap)
+	}
+	third.noResponse()
+	if got := h.obs.get("default/c1") + h.obs.get("default/c2"); got != 0 {
+		t.Errorf("observer: %d streams of c1 and c2 still open, want 0", got)
+	}
+}
+
+// TestUnservedTypeAndLongNACK checks that a client cannot add status
+// entries or metric series by naming invented type URLs, and that a NACK
+// message is kept to 1 KiB.
+func TestUnservedTypeAndLongNACK(t *testing.T) {
+	h := start(t)
+	h.send(t, baseMesh())
+	c1 := h.dial(t, "c1.default", "default/c1")
+	const invented = "type.googleapis.com/verge.Invented"
+	for i := range 3 {
+		c1.request(invented+strconv.Itoa(i), "", "n", nil, "rejected")
+	}
+	// Requests on a stream are handled in order: once sync is done, so are
+	// the invented ones.
+	last, names := c1.sync()
+	st := h.srv.ProxyStatus()
+	if len(st) != 1 {
+		t.Fatalf("status = %+v", st)
+	}
+	var got []string
+	for typ := range st[0].Types {
+		got = append(got, typ)
+	}
+	slices.Sort(got)
+	want := []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
+	slices.Sort(want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("status types (-want +got):\n%s", diff)
+	}
+	if n := seriesCount(h.srv.nacks); n != 0 {
+		t.Errorf("nacks has %d series, want 0", n)
+	}
+
+	m := baseMesh()
+	m.Workloads = append(m.Workloads, backend("a-2", "a", "10.0.0.2", 8080))
+	h.send(t, m)
+	r := c1.recv()
+	long := strings.Repeat("é", 1000) // 2000 bytes
+	c1.request(r.GetTypeUrl(), last[resource.EndpointType].GetVersionInfo(), r.GetNonce(), names[resource.EndpointType], long)
+	waitUntil(t, "NACK in status", func() bool {
+		return h.srv.ProxyStatus()[0].Types[resource.EndpointType].NACK != ""
+	})
+	nack := h.srv.ProxyStatus()[0].Types[resource.EndpointType].NACK
+	if len(nack) != 1024 || !utf8.ValidString(nack) || !strings.HasPrefix(long, nack) {
+		t.Errorf("stored NACK: %d bytes, valid UTF-8 %v; want a 1024-byte prefix", len(nack), utf8.ValidString(nack))
+	}
+	if n := seriesCount(h.srv.nacks); n != 1 {
+		t.Errorf("nacks has %d series, want 1", n)
+	}
+}
+
+func seriesCount(c prometheus.Collector) int {
+	ch := make(chan prometheus.Metric, 16)
+	c.Collect(ch)
+	close(ch)
+	return len(ch)
+}
+
+func TestTruncateUTF8(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		n        int
+		want     string
+	}{
+		{"short", "abc", 5, "abc"},
+		{"exact", "abc", 3, "abc"},
+		{"ascii", "abcdef", 4, "abcd"},
+		{"rune boundary", "aéb", 3, "aé"},
+		{"inside a rune", "aéb", 2, "a"},
+		{"inside a 4-byte rune", "a😀", 4, "a"},
+		{"zero", "abc", 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, truncateUTF8(tc.in, tc.n)); diff != "" {
+				t.Errorf("truncateUTF8(%q, %d) (-want +got):\n%s", tc.in, tc.n, diff)
+			}
+		})
+	}
+}
+
+func TestNonceEviction(t *testing.T) {
+	st := &streamState{nonces: map[string]string{}}
+	for i := range maxNonces + 1 {
+		st.rememberNonce(strconv.Itoa(i), "v"+strconv.Itoa(i))
+	}
+	if _, ok := st.takeNonce("0"); ok {
+		t.Error("oldest nonce survived eviction")
+	}
+	for _, n := range []string{"1", strconv.Itoa(maxNonces)} {
+		if v, ok := st.takeNonce(n); !ok || v != "v"+n {
+			t.Errorf("takeNonce(%s) = %q, %v; want v%s, true", n, v, ok, n)
+		}
+	}
+	if _, ok := st.takeNonce("1"); ok {
+		t.Error("a nonce was taken twice")
+	}
+	// Answered nonces free their place: the next maxNonces-len fit
+	// without evicting "2".
+	for i := range 2 {
+		st.rememberNonce("new"+strconv.Itoa(i), "")
+	}
+	if _, ok := st.takeNonce("2"); !ok {
+		t.Error("nonce 2 evicted although answered nonces made room")
+	}
+	if len(st.nonces) != len(st.order) || len(st.order) > maxNonces {
+		t.Errorf("%d nonces, %d in order; want equal and at most %d", len(st.nonces), len(st.order), maxNonces)
 	}
 }
 
@@ -506,6 +725,21 @@ func TestDelta(t *testing.T) {
 		st := h.srv.ProxyStatus()
 		return len(st) == 1 && st[0].Types[resource.ClusterType].AckedVersion == r.GetSystemVersionInfo()
 	})
+
+	// An ACK with a nonce the server never sent (or evicted) is ignored. The
+	// EDS subscription after it is a barrier: requests are handled in order.
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResponseNonce: "never-sent"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{"a.default.mesh:80"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := stream.Recv(); err != nil || r.GetTypeUrl() != resource.EndpointType {
+		t.Fatalf("delta EDS = %v, %v", r, err)
+	}
+	if ts := h.srv.ProxyStatus()[0].Types[resource.ClusterType]; ts.AckedVersion != r.GetSystemVersionInfo() {
+		t.Errorf("CDS acked version after an unknown nonce = %q, want %q", ts.AckedVersion, r.GetSystemVersionInfo())
+	}
 	cancel()
 	waitUntil(t, "delta stream closed", func() bool { return h.obs.get("default/c1") == 0 })
 }
@@ -527,20 +761,74 @@ func TestSweep(t *testing.T) {
 	}
 }
 
-func TestBuildSnapshotRejectsInvalid(t *testing.T) {
-	ix := translate.NewIndex(baseMesh())
-	r := ix.ForWorkload(baseMesh().Workloads[2])
-	if _, err := buildSnapshot(r); err != nil {
-		t.Fatalf("valid resources: %v", err)
+func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
 	}
-	bad := r
-	bad.Endpoints = append(slices.Clone(r.Endpoints), &endpointv3.ClusterLoadAssignment{}) // no cluster_name
-	if _, err := buildSnapshot(bad); err == nil {
-		t.Error("snapshot with an invalid resource was built")
+	return a
+}
+
+// TestSnapshotValidation checks that snapshots are held to translate's
+// Validate: messages inside Anys, and references for proxyless clients too.
+func TestSnapshotValidation(t *testing.T) {
+	tcpListener := func(statPrefix string) translate.Resources {
+		return translate.Resources{
+			Listeners: []*listenerv3.Listener{{
+				Name: "tcp",
+				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 15001},
+				}}},
+				FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+					Name: "envoy.filters.network.tcp_proxy",
+					ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, &tcpv3.TcpProxy{
+						StatPrefix:       statPrefix,
+						ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+					})},
+				}}}},
+			}},
+			Clusters: []*clusterv3.Cluster{{Name: "c"}},
+		}
 	}
-	var verr interface{ Field() string }
-	_, err := buildSnapshot(bad)
-	if !errors.As(err, &verr) || verr.Field() != "ClusterName" {
-		t.Errorf("error = %v, want a validation error naming ClusterName", err)
+	apiListener := func(route string) translate.Resources {
+		r := translate.Resources{Listeners: []*listenerv3.Listener{{
+			Name: "g.default.mesh:50051",
+			ApiListener: &listenerv3.ApiListener{ApiListener: mustAny(t, &hcmv3.HttpConnectionManager{
+				StatPrefix: "g",
+				RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+					RouteConfigName: route,
+					ConfigSource:    &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}},
+				}},
+			})},
+		}}}
+		r.Routes = []*routev3.RouteConfiguration{{Name: "g-routes"}}
+		return r
+	}
+	for _, tc := range []struct {
+		name      string
+		key       string
+		r         translate.Resources
+		wantValid bool
+	}{
+		{"proxy valid", "default/c1", tcpListener("tcp"), true},
+		{"proxy invalid inside an Any", "default/c1", tcpListener(""), false},
+		{"proxyless valid", "", apiListener("g-routes"), true},
+		{"proxyless dangling route", "", apiListener("missing"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(Config{}, slog.New(slog.NewTextHandler(t.Output(), nil)))
+			snap := s.snapshot("node", tc.key, tc.r)
+			if got := snap != nil; got != tc.wantValid {
+				t.Errorf("snapshot built = %v, want %v", got, tc.wantValid)
+			}
+			var metric dto.Metric
+			if err := s.invalid.Write(&metric); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := metric.GetCounter().GetValue(), map[bool]float64{true: 0, false: 1}[tc.wantValid]; got != want {
+				t.Errorf("invalid counter = %v, want %v", got, want)
+			}
+		})
 	}
 }

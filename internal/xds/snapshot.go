@@ -27,15 +27,11 @@ var typeOrder = []struct {
 	{resource.RouteType, types.Route},
 }
 
-// validator is what protoc-gen-validate generates on every xDS message.
-type validator interface{ Validate() error }
-
 // buildSnapshot turns one client's resources into a snapshot whose per-type
 // version is a hash of that type's resources. Two clients (or two meshes) with
 // the same resources of a type get the same version, so the snapshot cache
 // pushes a type only to the clients whose resources of that type changed.
-// Every resource must pass its proto Validate(); the first that doesn't fails
-// the whole snapshot, so nothing half-valid is ever offered.
+// It does not validate: the caller has run r.Validate() first.
 func buildSnapshot(r translate.Resources) (*cache.Snapshot, error) {
 	byType := map[types.ResponseType][]types.Resource{}
 	for _, l := range r.Listeners {
@@ -54,13 +50,6 @@ func buildSnapshot(r translate.Resources) (*cache.Snapshot, error) {
 	snap := &cache.Snapshot{}
 	for _, t := range typeOrder {
 		items := byType[t.typ]
-		for _, res := range items {
-			if v, ok := res.(validator); ok {
-				if err := v.Validate(); err != nil {
-					return nil, fmt.Errorf("validate %s %q: %w", t.url, cache.GetResourceName(res), err)
-				}
-			}
-		}
 		version, err := hashResources(items)
 		if err != nil {
 			return nil, fmt.Errorf("hash %s: %w", t.url, err)
