@@ -223,7 +223,7 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 	}
 	out = out.WithContext(ctx)
 
-	res, err := cl.transport.RoundTrip(out)
+	res, err := cl.up.transport().RoundTrip(out)
 	if err != nil {
 		f := classify(ctx, err)
 		if r.Context().Err() != nil {

@@ -30,22 +30,22 @@ type httpListener struct {
 	p   *Proxy
 	ln  net.Listener
 	cfg atomic.Pointer[config.Listener]
-	srv *http.Server
 
-	// Upgraded connections are hijacked away from srv, so srv.Shutdown
-	// neither waits for nor closes them; these track them instead. h2shadow
-	// is never served: it exists so that h2srv registers its graceful
-	// shutdown (GOAWAY) hook on it, which h2shadow.Shutdown then fires.
-	h2srv      *http2.Server
-	h2shadow   *http.Server
-	upgradedMu sync.Mutex
+	// netMu guards the net/http side: nh is built by the first connection
+	// that needs it, and never once draining is set. A mesh with many
+	// outbound listeners mostly serves HTTP/1.1 through the h1 engine, so
+	// an idle listener is spared an http.Server, an HTTP/2 server and the
+	// goroutine serving them. nhWG tracks that goroutine.
+	netMu    sync.Mutex
+	nh       *netHTTP
+	draining bool
+	nhWG     sync.WaitGroup
+	// Upgraded connections are hijacked away from nh.srv, so its Shutdown
+	// neither waits for nor closes them; these track them instead (upgraded
+	// is guarded by netMu).
 	upgraded   map[net.Conn]struct{}
 	upgradedWG sync.WaitGroup
-	draining   bool // guarded by upgradedMu
 
-	// handoff feeds srv the connections the accept loop does not give to
-	// the h1 engine.
-	handoff *handoffListener
 	// stopCtx ends when drain starts; h1 connections and connections still
 	// being sniffed watch it.
 	stopCtx context.Context
@@ -62,38 +62,82 @@ type httpListener struct {
 	live     map[net.Conn]struct{} // nil once drain has given up waiting
 }
 
+// netHTTP is the net/http side of an httpListener.
+type netHTTP struct {
+	srv *http.Server
+	// h2srv serves connections upgraded from HTTP/1.1 (h2c). h2shadow is
+	// never served: it exists so that h2srv registers its graceful shutdown
+	// (GOAWAY) hook on it, which h2shadow.Shutdown then fires.
+	h2srv    *http2.Server
+	h2shadow *http.Server
+	// handoff feeds srv the connections the accept loop does not give to
+	// the h1 engine.
+	handoff *handoffListener
+}
+
+// Timeouts of HTTP listeners, shared by the h1 engine and net/http.
+const (
+	listenerReadHeaderTimeout = 30 * time.Second
+	listenerIdleTimeout       = 5 * time.Minute
+)
+
 func (p *Proxy) newHTTPListener(ln net.Listener, cl *config.Listener) *httpListener {
-	l := &httpListener{p: p, ln: ln, upgraded: map[net.Conn]struct{}{}, live: map[net.Conn]struct{}{},
-		handoff: newHandoffListener(ln.Addr())}
+	l := &httpListener{p: p, ln: ln, live: map[net.Conn]struct{}{}}
 	l.cfg.Store(cl)
 	l.stopCtx, l.stop = context.WithCancel(context.Background())
 	l.h1Ctx, l.h1Cancel = context.WithCancel(l.stopCtx)
-	errLog := slog.NewLogLogger(p.log.With("listener", cl.Name).Handler(), slog.LevelDebug)
+	return l
+}
+
+// netHTTP returns the listener's net/http side, starting it on first use,
+// or nil once the listener is draining.
+func (l *httpListener) netHTTP() *netHTTP {
+	l.netMu.Lock()
+	defer l.netMu.Unlock()
+	if l.draining {
+		return nil
+	}
+	if l.nh != nil {
+		return l.nh
+	}
+	cl := l.cfg.Load()
+	errLog := slog.NewLogLogger(l.p.log.With("listener", cl.Name).Handler(), slog.LevelDebug)
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
-	l.srv = &http.Server{
-		Handler:           listenerHandler{p: p, l: l},
-		Protocols:         protos,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          errLog,
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams:          1000,
-			MaxReceiveBufferPerConnection: 4 << 20,
-			MaxReceiveBufferPerStream:     1 << 20,
+	nh := &netHTTP{
+		srv: &http.Server{
+			Handler:           listenerHandler{p: l.p, l: l},
+			Protocols:         protos,
+			ReadHeaderTimeout: listenerReadHeaderTimeout,
+			IdleTimeout:       listenerIdleTimeout,
+			ErrorLog:          errLog,
+			HTTP2: &http.HTTP2Config{
+				MaxConcurrentStreams:          1000,
+				MaxReceiveBufferPerConnection: 4 << 20,
+				MaxReceiveBufferPerStream:     1 << 20,
+			},
 		},
+		h2srv: &http2.Server{
+			MaxConcurrentStreams:         1000,
+			MaxUploadBufferPerConnection: 4 << 20,
+			MaxUploadBufferPerStream:     1 << 20,
+			IdleTimeout:                  listenerIdleTimeout,
+		},
+		h2shadow: &http.Server{ErrorLog: errLog},
+		handoff:  newHandoffListener(l.ln.Addr()),
 	}
-	l.h2srv = &http2.Server{
-		MaxConcurrentStreams:         1000,
-		MaxUploadBufferPerConnection: 4 << 20,
-		MaxUploadBufferPerStream:     1 << 20,
-		IdleTimeout:                  5 * time.Minute,
-	}
-	l.h2shadow = &http.Server{ErrorLog: errLog}
 	// ConfigureServer only errors on TLS cipher settings, which are unset.
-	_ = http2.ConfigureServer(l.h2shadow, l.h2srv)
-	return l
+	_ = http2.ConfigureServer(nh.h2shadow, nh.h2srv)
+	l.nh = nh
+	l.upgraded = map[net.Conn]struct{}{}
+	l.nhWG.Go(func() {
+		err := nh.srv.Serve(nh.handoff)
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			l.p.log.Error("listener stopped", "listener", l.cfg.Load().Name, "error", err)
+		}
+	})
+	return nh
 }
 
 func (l *httpListener) setConfig(cl *config.Listener) {
@@ -126,16 +170,9 @@ func (l *httpListener) currentH1Ctx() context.Context {
 	return l.h1Ctx
 }
 
-// serve runs net/http on the handoff listener and the accept loop, which
-// sends each connection either to the h1 engine or to net/http.
+// serve runs the accept loop, which sends each connection either to the h1
+// engine or to net/http.
 func (l *httpListener) serve() {
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		err := l.srv.Serve(l.handoff)
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			l.p.log.Error("listener stopped", "listener", l.cfg.Load().Name, "error", err)
-		}
-	})
 	var tempDelay time.Duration
 	for {
 		c, err := l.ln.Accept()
@@ -161,7 +198,6 @@ func (l *httpListener) serve() {
 		}
 		l.conns.Go(func() { l.dispatch(c) })
 	}
-	wg.Wait()
 }
 
 func (l *httpListener) track(c net.Conn) bool {
@@ -206,7 +242,7 @@ func (l *httpListener) dispatch(c net.Conn) {
 	}
 	br := bufio.NewReaderSize(c, 4<<10)
 	// Wait for the first bytes, but not forever and not past a drain.
-	_ = c.SetReadDeadline(time.Now().Add(l.srv.ReadHeaderTimeout))
+	_ = c.SetReadDeadline(time.Now().Add(listenerReadHeaderTimeout))
 	stopWatch := context.AfterFunc(l.stopCtx, func() { _ = c.SetReadDeadline(aLongTimeAgo) })
 	head, err := br.Peek(len(h2Preface))
 	if !stopWatch() || err != nil {
@@ -222,7 +258,7 @@ func (l *httpListener) dispatch(c net.Conn) {
 	}
 	var upgraded net.Conn
 	opts := h1.Options{
-		IdleTimeout: l.srv.IdleTimeout,
+		IdleTimeout: listenerIdleTimeout,
 		OnUpgrade: func(c net.Conn, buffered []byte) {
 			upgraded = &prefixConn{Conn: c, prefix: buffered}
 		},
@@ -239,9 +275,10 @@ func (l *httpListener) dispatch(c net.Conn) {
 	}
 }
 
-// toNetHTTP gives c to srv, or closes it when srv has stopped accepting.
+// toNetHTTP gives c to net/http, or closes it when the listener is
+// draining.
 func (l *httpListener) toNetHTTP(c net.Conn) {
-	if !l.handoff.push(c) {
+	if nh := l.netHTTP(); nh == nil || !nh.handoff.push(c) {
 		_ = c.Close()
 	}
 }
@@ -249,30 +286,33 @@ func (l *httpListener) toNetHTTP(c net.Conn) {
 func (l *httpListener) drain(timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	l.upgradedMu.Lock()
+	l.netMu.Lock()
 	l.draining = true
-	l.upgradedMu.Unlock()
+	nh := l.nh
+	l.netMu.Unlock()
 	// Stop accepting first, then tell h1 connections to finish.
 	_ = l.ln.Close()
 	l.stop()
 
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		// Shutdown closes the handoff listener, sends GOAWAY on HTTP/2
-		// connections and waits for idle; past the deadline, Close cuts the
-		// rest.
-		if err := l.srv.Shutdown(ctx); err != nil {
-			_ = l.srv.Close()
-		}
-	})
-	wg.Go(func() {
-		_ = l.h2shadow.Shutdown(ctx) // starts GOAWAY on upgraded conns
-		waitOrClose(ctx, &l.upgradedWG, &l.upgradedMu, func() {
-			for c := range l.upgraded {
-				_ = c.Close()
+	if nh != nil {
+		wg.Go(func() {
+			// Shutdown closes the handoff listener, sends GOAWAY on HTTP/2
+			// connections and waits for idle; past the deadline, Close cuts
+			// the rest.
+			if err := nh.srv.Shutdown(ctx); err != nil {
+				_ = nh.srv.Close()
 			}
 		})
-	})
+		wg.Go(func() {
+			_ = nh.h2shadow.Shutdown(ctx) // starts GOAWAY on upgraded conns
+			waitOrClose(ctx, &l.upgradedWG, &l.netMu, func() {
+				for c := range l.upgraded {
+					_ = c.Close()
+				}
+			})
+		})
+	}
 	wg.Go(func() {
 		waitOrClose(ctx, &l.conns, &l.connsMu, func() {
 			for c := range l.live {
@@ -282,6 +322,7 @@ func (l *httpListener) drain(timeout time.Duration) {
 		})
 	})
 	wg.Wait()
+	l.nhWG.Wait()
 }
 
 // waitOrClose waits for wg; if ctx ends first it runs closeAll under mu and
@@ -318,13 +359,14 @@ func (l *httpListener) maybeUpgradeH2C(w http.ResponseWriter, r *http.Request, h
 	if err != nil {
 		return false
 	}
-	l.upgradedMu.Lock()
-	if l.draining {
-		l.upgradedMu.Unlock()
+	l.netMu.Lock()
+	nh := l.nh
+	if l.draining || nh == nil {
+		l.netMu.Unlock()
 		return false
 	}
 	l.upgradedWG.Add(1)
-	l.upgradedMu.Unlock()
+	l.netMu.Unlock()
 	defer l.upgradedWG.Done()
 
 	conn, rw, err := http.NewResponseController(w).Hijack()
@@ -339,13 +381,13 @@ func (l *httpListener) maybeUpgradeH2C(w http.ResponseWriter, r *http.Request, h
 		_ = conn.Close()
 		return true
 	}
-	l.upgradedMu.Lock()
+	l.netMu.Lock()
 	l.upgraded[conn] = struct{}{}
-	l.upgradedMu.Unlock()
+	l.netMu.Unlock()
 	defer func() {
-		l.upgradedMu.Lock()
+		l.netMu.Lock()
 		delete(l.upgraded, conn)
-		l.upgradedMu.Unlock()
+		l.netMu.Unlock()
 		_ = conn.Close()
 	}()
 
@@ -355,9 +397,9 @@ func (l *httpListener) maybeUpgradeH2C(w http.ResponseWriter, r *http.Request, h
 	r.Body = http.NoBody
 	// The client may already have sent its preface; it sits in rw.Reader.
 	c := &bufferedConn{Conn: conn, r: rw.Reader}
-	l.h2srv.ServeConn(c, &http2.ServeConnOpts{
+	nh.h2srv.ServeConn(c, &http2.ServeConnOpts{
 		Context:        context.WithoutCancel(r.Context()),
-		BaseConfig:     l.h2shadow,
+		BaseConfig:     nh.h2shadow,
 		Handler:        h,
 		UpgradeRequest: r,
 		Settings:       settings,

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"verge.dev/verge/internal/proxy/balancer"
 	"verge.dev/verge/internal/proxy/config"
 	"verge.dev/verge/internal/proxy/h1"
@@ -92,7 +94,7 @@ type cluster struct {
 }
 
 // pool is the state of one cluster that survives snapshots as long as the
-// cluster keeps its name (and, for the transport, its protocol and connect
+// cluster keeps its name (and, for the upstream, its protocol and connect
 // timeout).
 type pool struct {
 	name           string
@@ -100,8 +102,32 @@ type pool struct {
 	bal            balancer.Balancer
 	protocol       config.UpstreamProtocol
 	connectTimeout time.Duration
-	// transport is nil for TCP clusters.
-	transport *http.Transport
+	// up is shared by the copies of the pool that successive states hold,
+	// so a transport one of them builds serves them all.
+	up *upstream
+}
+
+// upstream is a cluster's net/http connection pool, built on first use.
+// Most clusters never need one: HTTP/1.1 traffic takes the h1 engine's
+// shared pool and TCP listeners dial directly, and an idle http.Transport
+// per cluster is memory a small device cannot spare.
+type upstream struct {
+	build func() *http.Transport
+	once  sync.Once
+	t     atomic.Pointer[http.Transport]
+}
+
+// transport returns the cluster's transport, building it on the first call.
+func (u *upstream) transport() *http.Transport {
+	u.once.Do(func() { u.t.Store(u.build()) })
+	return u.t.Load()
+}
+
+// closeIdle closes the idle connections of the transport, if one was built.
+func (u *upstream) closeIdle() {
+	if t := u.t.Load(); t != nil {
+		t.CloseIdleConnections()
+	}
 }
 
 // New returns a proxy that serves nothing until the first Update.
@@ -164,32 +190,32 @@ func (p *Proxy) compileLocked(s *config.Snapshot) *state {
 		case pl == nil:
 			pl = &pool{name: name, lb: cc.LB, bal: balancer.New(cc.LB, cc.Endpoints)}
 		case pl.lb != cc.LB:
-			// A new policy starts fresh counters; the old pool's transport
+			// A new policy starts fresh counters; the old pool's upstream
 			// is carried over below when compatible.
 			old := pl
 			pl = &pool{name: name, lb: cc.LB, bal: balancer.New(cc.LB, cc.Endpoints),
-				protocol: old.protocol, connectTimeout: old.connectTimeout, transport: old.transport}
+				protocol: old.protocol, connectTimeout: old.connectTimeout, up: old.up}
 		default:
 			pl.bal.Update(cc.Endpoints)
 			// Copy so the pool published in the previous state stays
-			// immutable in its transport fields.
+			// immutable in its upstream fields.
 			cp := *pl
 			pl = &cp
 		}
-		if pl.transport == nil || pl.protocol != cc.Protocol || pl.connectTimeout != ct {
-			if pl.transport != nil {
+		if pl.up == nil || pl.protocol != cc.Protocol || pl.connectTimeout != ct {
+			if pl.up != nil {
 				// In-flight requests keep their connections; idle ones go.
-				pl.transport.CloseIdleConnections()
+				pl.up.closeIdle()
 			}
 			pl.protocol, pl.connectTimeout = cc.Protocol, ct
-			pl.transport = p.newTransport(name, cc.Protocol, ct)
+			pl.up = p.newUpstream(name, cc.Protocol, ct)
 		}
 		next[name] = pl
 		st.clusters[name] = &cluster{cfg: cc, pool: pl}
 	}
 	for name, old := range p.pools {
-		if _, ok := next[name]; !ok && old.transport != nil {
-			old.transport.CloseIdleConnections()
+		if _, ok := next[name]; !ok {
+			old.up.closeIdle()
 		}
 	}
 	p.pools = next
@@ -199,14 +225,22 @@ func (p *Proxy) compileLocked(s *config.Snapshot) *state {
 	return st
 }
 
-// newTransport builds a cluster's upstream pool. It is tuned for a proxy,
-// unlike http.DefaultTransport: no environment proxy, no transparent
-// compression, a large idle pool per endpoint, and the cluster's connect
-// timeout. TCP clusters get a transport too but never use it.
-func (p *Proxy) newTransport(clusterName string, proto config.UpstreamProtocol, connectTimeout time.Duration) *http.Transport {
-	d := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
+// newUpstream returns a cluster's upstream pool, whose transport is built
+// on first use. It is tuned for a proxy, unlike http.DefaultTransport: no
+// environment proxy, no transparent compression, a large idle pool per
+// endpoint, and the cluster's connect timeout. The cluster's connection
+// series are created now, so that they are exported from the start.
+func (p *Proxy) newUpstream(clusterName string, proto config.UpstreamProtocol, connectTimeout time.Duration) *upstream {
 	gauge := p.metrics.upstreamActive.WithLabelValues(clusterName)
 	opened := p.metrics.upstreamOpened.WithLabelValues(clusterName)
+	return &upstream{build: func() *http.Transport {
+		return p.newTransport(proto, connectTimeout, gauge, opened)
+	}}
+}
+
+// newTransport builds the transport newUpstream describes.
+func (p *Proxy) newTransport(proto config.UpstreamProtocol, connectTimeout time.Duration, gauge prometheus.Gauge, opened prometheus.Counter) *http.Transport {
+	d := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	t := &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -286,7 +320,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			wg.Wait()
 			p.updateMu.Lock()
 			for _, pl := range p.pools {
-				pl.transport.CloseIdleConnections()
+				pl.up.closeIdle()
 			}
 			p.updateMu.Unlock()
 			if p.h1Pool != nil {

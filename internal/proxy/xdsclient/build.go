@@ -21,6 +21,7 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"verge.dev/verge/internal/proxy/config"
@@ -56,18 +57,52 @@ const (
 // Routes under "listener/" + the listener name. Snapshot.Versions is left
 // nil for the caller to fill.
 func Build(listeners []*listenerv3.Listener, routes []*routev3.RouteConfiguration, clusters []*clusterv3.Cluster, cla []*endpointv3.ClusterLoadAssignment) (*config.Snapshot, error) {
+	var errs []error
+	byType := map[string][]*resource{
+		TypeRoute:    convertAll(routes, &errs),
+		TypeListener: convertAll(listeners, &errs),
+		TypeEndpoint: convertAll(cla, &errs),
+		TypeCluster:  convertAll(clusters, &errs),
+	}
+	snap, err := buildFrom(byType)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return snap, nil
+}
+
+// convertAll converts ms in order, appending their errors to errs.
+func convertAll[M proto.Message](ms []M, errs *[]error) []*resource {
+	out := make([]*resource, 0, len(ms))
+	for _, m := range ms {
+		r, err := convertResource(m)
+		if err != nil {
+			*errs = append(*errs, err)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// buildFrom combines converted resources, grouped by type URL, into a
+// Snapshot, checking what only the whole can show (duplicate names and
+// addresses, missing route configurations). The resources are shared with
+// the Snapshot, never modified: a part that differs per Snapshot (a
+// listener's inline route key, a cluster's EDS endpoints) is set on a copy.
+func buildFrom(byType map[string][]*resource) (*config.Snapshot, error) {
+	routes, listeners := byType[TypeRoute], byType[TypeListener]
 	snap := &config.Snapshot{
 		Routes:   make(map[string]*config.RouteTable, len(routes)),
-		Clusters: make(map[string]*config.Cluster, len(clusters)),
+		Clusters: make(map[string]*config.Cluster, len(byType[TypeCluster])),
 	}
 	var errs []error
 
 	for _, r := range routes {
-		rt, err := convertRouteConfiguration(r)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
+		rt := r.route
 		if _, dup := snap.Routes[rt.Name]; dup {
 			errs = append(errs, fmt.Errorf("route configuration %q: duplicate name", rt.Name))
 			continue
@@ -77,12 +112,8 @@ func Build(listeners []*listenerv3.Listener, routes []*routev3.RouteConfiguratio
 
 	names := make(map[string]bool, len(listeners))
 	addrs := make(map[string]string, len(listeners))
-	for _, l := range listeners {
-		cl, inline, err := convertListener(l)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
+	for _, r := range listeners {
+		cl, inline := r.listener, r.route
 		if cl == nil {
 			continue
 		}
@@ -103,7 +134,9 @@ func Build(listeners []*listenerv3.Listener, routes []*routev3.RouteConfiguratio
 				continue
 			}
 			snap.Routes[key] = inline
-			cl.RouteName = key
+			withKey := *cl
+			withKey.RouteName = key
+			cl = &withKey
 		} else if cl.Kind == config.ListenerHTTP && snap.Routes[cl.RouteName] == nil {
 			errs = append(errs, fmt.Errorf("listener %q: route configuration %q not present", cl.Name, cl.RouteName))
 			continue
@@ -112,32 +145,26 @@ func Build(listeners []*listenerv3.Listener, routes []*routev3.RouteConfiguratio
 	}
 	slices.SortFunc(snap.Listeners, func(a, b *config.Listener) int { return strings.Compare(a.Name, b.Name) })
 
-	loads := make(map[string][]config.Endpoint, len(cla))
-	for _, a := range cla {
-		eps, err := convertClusterLoadAssignment(a)
-		if err != nil {
-			errs = append(errs, err)
+	loads := make(map[string][]config.Endpoint, len(byType[TypeEndpoint]))
+	for _, r := range byType[TypeEndpoint] {
+		if _, dup := loads[r.name]; dup {
+			errs = append(errs, fmt.Errorf("cluster load assignment %q: duplicate name", r.name))
 			continue
 		}
-		if _, dup := loads[a.GetClusterName()]; dup {
-			errs = append(errs, fmt.Errorf("cluster load assignment %q: duplicate name", a.GetClusterName()))
-			continue
-		}
-		loads[a.GetClusterName()] = eps
+		loads[r.name] = r.endpoints
 	}
 
-	for _, c := range clusters {
-		cc, edsName, err := convertCluster(c)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
+	for _, r := range byType[TypeCluster] {
+		cc := r.cluster
 		if _, dup := snap.Clusters[cc.Name]; dup {
 			errs = append(errs, fmt.Errorf("cluster %q: duplicate name", cc.Name))
 			continue
 		}
-		if edsName != "" {
-			cc.Endpoints = slices.Clone(loads[edsName])
+		if r.dependency != "" {
+			// Endpoint slices are immutable too, so they are shared.
+			withEndpoints := *cc
+			withEndpoints.Endpoints = loads[r.dependency]
+			cc = &withEndpoints
 		}
 		snap.Clusters[cc.Name] = cc
 	}
@@ -174,25 +201,6 @@ func ValidateCluster(c *clusterv3.Cluster) error {
 func ValidateClusterLoadAssignment(a *endpointv3.ClusterLoadAssignment) error {
 	_, err := convertClusterLoadAssignment(a)
 	return err
-}
-
-// listenerRouteName is the RDS route configuration l depends on, or "".
-// It assumes l passed ValidateListener.
-func listenerRouteName(l *listenerv3.Listener) string {
-	cl, inline, err := convertListener(l)
-	if err != nil || cl == nil || inline != nil || cl.Kind != config.ListenerHTTP {
-		return ""
-	}
-	return cl.RouteName
-}
-
-// clusterEDSName is the ClusterLoadAssignment name c depends on, or "".
-func clusterEDSName(c *clusterv3.Cluster) string {
-	_, name, err := convertCluster(c)
-	if err != nil {
-		return ""
-	}
-	return name
 }
 
 // convertListener returns the listener and, for an inline route_config, its

@@ -337,3 +337,49 @@ func FuzzBuild(f *testing.F) {
 		}
 	})
 }
+
+// TestBuildFromLeavesResourcesUnchanged checks the invariant the client
+// relies on when it keeps converted resources instead of protos: Snapshots
+// share them, and what differs per Snapshot (an EDS cluster's endpoints, an
+// inline route configuration's key) is set on copies.
+func TestBuildFromLeavesResourcesUnchanged(t *testing.T) {
+	convert := func(m proto.Message) *resource {
+		t.Helper()
+		r, err := convertResource(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	inline := convert(listenerWith("l", 7000, hcmFilter(&hcmv3.HttpConnectionManager{
+		StatPrefix:     "l",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: routeConfig("r", clusterRoute("/", svc))},
+		HttpFilters:    []*hcmv3.HttpFilter{routerFilter()},
+	})))
+	cluster := convert(edsCluster(svc, false))
+	first := convert(loadAssignment(svc, testEndpoint{host: "10.0.0.1", port: 8080}))
+	second := convert(loadAssignment(svc, testEndpoint{host: "10.0.0.2", port: 8080}))
+	wantListener, wantCluster := *inline.listener, *cluster.cluster
+
+	var snaps []*config.Snapshot
+	for _, eds := range []*resource{first, second} {
+		snap, err := buildFrom(map[string][]*resource{
+			TypeListener: {inline}, TypeCluster: {cluster}, TypeEndpoint: {eds},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps = append(snaps, snap)
+	}
+	if diff := cmp.Diff(wantListener, *inline.listener); diff != "" {
+		t.Errorf("listener resource modified (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantCluster, *cluster.cluster); diff != "" {
+		t.Errorf("cluster resource modified (-want +got):\n%s", diff)
+	}
+	got := []string{snaps[0].Listeners[0].RouteName, snaps[0].Clusters[svc].Endpoints[0].Address, snaps[1].Clusters[svc].Endpoints[0].Address}
+	want := []string{inlineRoutePrefix + "l", "10.0.0.1:8080", "10.0.0.2:8080"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("snapshots (-want +got):\n%s", diff)
+	}
+}

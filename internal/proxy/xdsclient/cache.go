@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"verge.dev/verge/internal/proxy/config"
 )
@@ -33,7 +35,7 @@ func encodeCache(raw map[string][]*resource, versions map[string]string) ([]byte
 		}
 		resp := &discoveryv3.DiscoveryResponse{VersionInfo: version, TypeUrl: t}
 		for _, r := range raw[t] {
-			resp.Resources = append(resp.Resources, r.raw)
+			resp.Resources = append(resp.Resources, &anypb.Any{TypeUrl: t, Value: r.raw})
 		}
 		if _, err := opts.MarshalTo(&buf, resp); err != nil {
 			return nil, fmt.Errorf("encode %s: %w", t, err)
@@ -82,13 +84,19 @@ func writeCache(dir string, data []byte) (err error) {
 	return nil
 }
 
-// readCacheFile returns the cache file's bytes, or nil if it cannot be read.
-func readCacheFile(dir string) []byte {
+// cacheDigest is the SHA-256 of an encoded cache. Comparing digests rather
+// than keeping the last encoding spares holding a second copy of the
+// configuration.
+type cacheDigest = [sha256.Size]byte
+
+// cacheFileDigest returns the digest of the cache file, or the zero digest
+// (which no encoding has in practice) if it cannot be read.
+func cacheFileDigest(dir string) cacheDigest {
 	data, err := os.ReadFile(filepath.Join(dir, cacheFileName))
 	if err != nil {
-		return nil
+		return cacheDigest{}
 	}
-	return data
+	return sha256.Sum256(data)
 }
 
 // LoadCache rebuilds the last Snapshot the client published into dir, so a

@@ -37,6 +37,7 @@ package xdsclient
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,7 +54,9 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
 
 	"verge.dev/verge/internal/proxy/config"
 )
@@ -84,7 +87,8 @@ const (
 	nackRepeatBase = 250 * time.Millisecond
 	nackRepeatMax  = 5 * time.Second
 	// maxRecvMsgSize allows a large mesh's full LDS or CDS in one response.
-	maxRecvMsgSize = 64 << 20
+	maxRecvMsgSize    = 64 << 20
+	xdsReadBufferSize = 4 << 10
 )
 
 // Config is the client's bootstrap configuration. The caller must not modify
@@ -200,6 +204,16 @@ func (c *Client) Run(ctx context.Context) error {
 			MinConnectTimeout: backoffMax,
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
+		// gRPC's default pool keeps receive buffers in sync.Pools, which
+		// survive the collection the agent's trim runs: a large mesh's
+		// full LDS or CDS would stay resident after the trim. xDS
+		// responses are rare enough that allocating each one costs
+		// nothing measurable.
+		experimental.WithBufferPool(mem.NopBufferPool{}),
+		// The connection's read buffer lives as long as the connection;
+		// 32 KiB (the default) only saves read calls on a stream that is
+		// idle nearly all the time.
+		grpc.WithReadBufferSize(xdsReadBufferSize),
 	}
 	if len(c.cfg.DialOptions) == 0 {
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -308,11 +322,13 @@ type session struct {
 	out   *delivery
 	types map[string]*typeState
 
-	warm        *time.Timer
-	warmC       <-chan time.Time
-	nackTimer   *time.Timer
-	nackC       <-chan time.Time
-	lastPublish []byte
+	warm      *time.Timer
+	warmC     <-chan time.Time
+	nackTimer *time.Timer
+	nackC     <-chan time.Time
+	// lastPublish is the digest of the last published encoding: only the
+	// digest, as the encoding itself is as large as the configuration.
+	lastPublish cacheDigest
 }
 
 func newSession(c *Client, out *delivery) *session {
@@ -666,13 +682,14 @@ func (s *session) publish(force bool) {
 		s.c.logger.Error("config cache not encoded", "error", err)
 		return
 	}
-	if string(encoded) == string(s.lastPublish) {
+	sum := sha256.Sum256(encoded)
+	if sum == s.lastPublish {
 		return
 	}
-	s.lastPublish = encoded
+	s.lastPublish = sum
 	snap.Versions = versions
 	s.c.logger.Info("config published", "listeners", len(snap.Listeners), "clusters", len(snap.Clusters), "versions", versions)
-	s.out.offer(snap, encoded)
+	s.out.offer(snap, encoded, sum)
 }
 
 // delivery calls update and writes the cache from its own goroutine so that
@@ -684,18 +701,20 @@ type delivery struct {
 	logger *slog.Logger
 	ready  chan struct{}
 
-	mu      sync.Mutex
-	snap    *config.Snapshot
+	mu   sync.Mutex
+	snap *config.Snapshot
+	// encoded is snap's cache encoding and sum its digest.
 	encoded []byte
+	sum     cacheDigest
 }
 
 func newDelivery(dir string, update func(*config.Snapshot), logger *slog.Logger) *delivery {
 	return &delivery{dir: dir, update: update, logger: logger, ready: make(chan struct{}, 1)}
 }
 
-func (d *delivery) offer(snap *config.Snapshot, encoded []byte) {
+func (d *delivery) offer(snap *config.Snapshot, encoded []byte, sum cacheDigest) {
 	d.mu.Lock()
-	d.snap, d.encoded = snap, encoded
+	d.snap, d.encoded, d.sum = snap, encoded, sum
 	d.mu.Unlock()
 	select {
 	case d.ready <- struct{}{}:
@@ -704,9 +723,9 @@ func (d *delivery) offer(snap *config.Snapshot, encoded []byte) {
 }
 
 func (d *delivery) run(ctx context.Context) {
-	var written []byte
+	var written cacheDigest // of the file's bytes; zero when unknown
 	if d.dir != "" {
-		written = readCacheFile(d.dir)
+		written = cacheFileDigest(d.dir)
 	}
 	for {
 		select {
@@ -715,17 +734,17 @@ func (d *delivery) run(ctx context.Context) {
 		case <-d.ready:
 		}
 		d.mu.Lock()
-		snap, encoded := d.snap, d.encoded
+		snap, encoded, sum := d.snap, d.encoded, d.sum
 		d.snap, d.encoded = nil, nil
 		d.mu.Unlock()
 		if snap == nil {
 			continue
 		}
-		if d.dir != "" && string(encoded) != string(written) {
+		if d.dir != "" && sum != written {
 			if err := writeCache(d.dir, encoded); err != nil {
 				d.logger.Warn("config cache not written", "error", err)
 			} else {
-				written = encoded
+				written = sum
 			}
 		}
 		d.update(snap)

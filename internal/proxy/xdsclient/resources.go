@@ -21,21 +21,37 @@ import (
 // typeResourceWrapper is the SotW wrapper a server uses for TTLs.
 const typeResourceWrapper = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 
-// resource is one accepted xDS resource. It is never modified once decoded.
+// resource is one accepted xDS resource in the form the proxy uses. It is
+// never modified once converted, so Snapshots built from it may share its
+// parts.
+//
+// The decoded proto is not kept: Envoy's messages cost several times their
+// wire size in memory, and the converted form is all that assembling a
+// Snapshot needs. raw stays for the on-disk cache, which must hold what the
+// control plane sent.
 type resource struct {
 	name string
-	// raw is the resource as received, kept for the on-disk cache.
-	raw *anypb.Any
-	msg proto.Message
+	// raw is the resource's encoding as received, kept for the on-disk
+	// cache; the type URL is the response's, so it is not kept per resource.
+	raw []byte
+	// Exactly the fields of the resource's type are set: a Listener's
+	// listener (nil for one that is not a socket, such as an api_listener)
+	// and inline route table in route; a RouteConfiguration's table in
+	// route; a Cluster's cluster (Endpoints set only for STATIC); a
+	// ClusterLoadAssignment's endpoints.
+	listener  *config.Listener
+	route     *config.RouteTable
+	cluster   *config.Cluster
+	endpoints []config.Endpoint
 	// dependency is the RDS name a listener or the EDS name a cluster
 	// waits for; empty when it waits for nothing.
 	dependency string
 }
 
-// decodeResources unmarshals and validates the resources of one response.
-// When only is non-nil, resources whose name is not in it are dropped
-// before validation (a server may send more than was asked for). Every
-// problem is reported, joined.
+// decodeResources unmarshals, validates and converts the resources of one
+// response. When only is non-nil, resources whose name is not in it are
+// dropped before validation (a server may send more than was asked for).
+// Every problem is reported, joined.
 func decodeResources(typeURL string, anys []*anypb.Any, only map[string]bool) (map[string]*resource, error) {
 	out := make(map[string]*resource, len(anys))
 	var errs []error
@@ -56,24 +72,25 @@ func decodeResources(typeURL string, anys []*anypb.Any, only map[string]bool) (m
 			errs = append(errs, fmt.Errorf("resources[%d]: type %q in a %q response", i, a.GetTypeUrl(), typeURL))
 			continue
 		}
-		r, err := decodeResource(typeURL, a)
+		name, msg, err := decodeResource(typeURL, a)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("resources[%d]: %w", i, err))
 			continue
 		}
-		if only != nil && !only[r.name] {
+		if only != nil && !only[name] {
 			continue
 		}
-		if err := validateResource(r.msg); err != nil {
+		r, err := convertResource(msg)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if _, dup := out[r.name]; dup {
-			errs = append(errs, fmt.Errorf("resources[%d]: duplicate resource name %q", i, r.name))
+		if _, dup := out[name]; dup {
+			errs = append(errs, fmt.Errorf("resources[%d]: duplicate resource name %q", i, name))
 			continue
 		}
-		r.setDependency()
-		out[r.name] = r
+		r.raw = a.GetValue()
+		out[name] = r
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -81,89 +98,71 @@ func decodeResources(typeURL string, anys []*anypb.Any, only map[string]bool) (m
 	return out, nil
 }
 
-func decodeResource(typeURL string, a *anypb.Any) (*resource, error) {
-	r := &resource{raw: a}
+// decodeResource unmarshals a into the message of typeURL and returns the
+// resource's name with it.
+func decodeResource(typeURL string, a *anypb.Any) (string, proto.Message, error) {
 	switch typeURL {
 	case TypeListener:
 		m := &listenerv3.Listener{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
-			return nil, fmt.Errorf("decode listener: %w", err)
+			return "", nil, fmt.Errorf("decode listener: %w", err)
 		}
-		r.msg, r.name = m, m.GetName()
+		return m.GetName(), m, nil
 	case TypeRoute:
 		m := &routev3.RouteConfiguration{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
-			return nil, fmt.Errorf("decode route configuration: %w", err)
+			return "", nil, fmt.Errorf("decode route configuration: %w", err)
 		}
-		r.msg, r.name = m, m.GetName()
+		return m.GetName(), m, nil
 	case TypeCluster:
 		m := &clusterv3.Cluster{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
-			return nil, fmt.Errorf("decode cluster: %w", err)
+			return "", nil, fmt.Errorf("decode cluster: %w", err)
 		}
-		r.msg, r.name = m, m.GetName()
+		return m.GetName(), m, nil
 	case TypeEndpoint:
 		m := &endpointv3.ClusterLoadAssignment{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
-			return nil, fmt.Errorf("decode cluster load assignment: %w", err)
+			return "", nil, fmt.Errorf("decode cluster load assignment: %w", err)
 		}
-		r.msg, r.name = m, m.GetClusterName()
+		return m.GetClusterName(), m, nil
 	default:
-		return nil, fmt.Errorf("unsupported type %q", typeURL)
+		return "", nil, fmt.Errorf("unsupported type %q", typeURL)
 	}
-	return r, nil
 }
 
-// validateResource runs the validator of m's type.
-func validateResource(m proto.Message) error {
+// convertResource validates m and converts it to a resource without raw,
+// recording what it waits for.
+func convertResource(m proto.Message) (*resource, error) {
+	r := &resource{}
+	var err error
 	switch m := m.(type) {
 	case *listenerv3.Listener:
-		return ValidateListener(m)
+		r.name = m.GetName()
+		r.listener, r.route, err = convertListener(m)
+		if l := r.listener; l != nil && r.route == nil && l.Kind == config.ListenerHTTP {
+			r.dependency = l.RouteName
+		}
 	case *routev3.RouteConfiguration:
-		return ValidateRouteConfiguration(m)
+		r.name = m.GetName()
+		r.route, err = convertRouteConfiguration(m)
 	case *clusterv3.Cluster:
-		return ValidateCluster(m)
+		r.name = m.GetName()
+		r.cluster, r.dependency, err = convertCluster(m)
 	case *endpointv3.ClusterLoadAssignment:
-		return ValidateClusterLoadAssignment(m)
+		r.name = m.GetClusterName()
+		r.endpoints, err = convertClusterLoadAssignment(m)
+	default:
+		err = fmt.Errorf("unsupported message %T", m)
 	}
-	return fmt.Errorf("unsupported message %T", m)
-}
-
-// setDependency records what a valid resource waits for.
-func (r *resource) setDependency() {
-	switch m := r.msg.(type) {
-	case *listenerv3.Listener:
-		r.dependency = listenerRouteName(m)
-	case *clusterv3.Cluster:
-		r.dependency = clusterEDSName(m)
+	if err != nil {
+		return nil, err
 	}
+	return r, nil
 }
 
 func sortedResources(m map[string]*resource) []*resource {
 	out := slices.Collect(maps.Values(m))
 	slices.SortFunc(out, func(a, b *resource) int { return strings.Compare(a.name, b.name) })
 	return out
-}
-
-// buildFrom runs Build on decoded resources grouped by type URL.
-func buildFrom(raw map[string][]*resource) (*config.Snapshot, error) {
-	var (
-		ls  []*listenerv3.Listener
-		rs  []*routev3.RouteConfiguration
-		cs  []*clusterv3.Cluster
-		eps []*endpointv3.ClusterLoadAssignment
-	)
-	for _, r := range raw[TypeListener] {
-		ls = append(ls, r.msg.(*listenerv3.Listener))
-	}
-	for _, r := range raw[TypeRoute] {
-		rs = append(rs, r.msg.(*routev3.RouteConfiguration))
-	}
-	for _, r := range raw[TypeCluster] {
-		cs = append(cs, r.msg.(*clusterv3.Cluster))
-	}
-	for _, r := range raw[TypeEndpoint] {
-		eps = append(eps, r.msg.(*endpointv3.ClusterLoadAssignment))
-	}
-	return Build(ls, rs, cs, eps)
 }
