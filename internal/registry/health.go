@@ -20,7 +20,7 @@ type healthReport struct {
 
 // HealthHandler serves PUT /api/v1/health/{namespace}/{workload} with the
 // JSON body {"ready": true|false}: a Verge proxy reports its application's
-// readiness on connect, on every change and at least every 5 s. It answers 204, 404
+// readiness on connect, on every change and at least every 30 s. It answers 204, 404
 // for an unknown workload, 400 for a bad body. Mount it at HealthPath.
 func (r *Registry) HealthHandler() http.Handler {
 	mux := http.NewServeMux()

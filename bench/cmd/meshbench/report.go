@@ -216,8 +216,8 @@ func (r *report) markdown() string {
 	}
 	if r.scale != nil {
 		s := r.scale
-		p("| bench-scale | idle, %d of %d services, %d of %d endpoints in its config after %v | %s |\n",
-			s.clusters, scaleServices, s.endpoints, scaleServices*scaleEndpoints, s.wait.Round(time.Millisecond),
+		p("| bench-scale | idle for %v after its config held %d of %d services, %d of %d endpoints (complete after %v) | %s |\n",
+			scaleSettle, s.clusters, scaleServices, s.endpoints, scaleServices*scaleEndpoints, s.wait.Round(time.Millisecond),
 			rssString(namedRSS{rss: s.rss, anon: s.anon}))
 	}
 	if r.verge != nil && r.verge.proxyBin != "" {

@@ -217,6 +217,10 @@ const (
 )
 
 // scaleResult is the idle RSS of a proxy holding many services.
+// scaleSettle is how long the scale proxy is left idle after its config is
+// complete before its memory is read.
+const scaleSettle = 10 * time.Second
+
 type scaleResult struct {
 	rss       int64
 	anon      int64
@@ -290,6 +294,17 @@ func measureScale(ctx context.Context, dir, proxyBin string, env *vergeEnv, proc
 		return nil
 	})
 	res.wait = time.Since(start)
+	// "Idle" is the steady state: the proxy settles after a configuration
+	// change (it returns free heap and start-up pages, see
+	// internal/memtrim), so the harness leaves it alone for scaleSettle
+	// before reading its memory.
+	if err == nil {
+		select {
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-time.After(scaleSettle):
+		}
+	}
 	// The RSS is worth reporting even when the config is incomplete; the
 	// error says how incomplete.
 	var rerr error

@@ -140,7 +140,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		settled.Reset(trimSettle)
 	}, logger)
 
-	reg := &registrar{cfg: cfg, http: &http.Client{Timeout: 5 * time.Second}, log: log}
+	reg := &registrar{cfg: cfg, http: &http.Client{Timeout: 5 * time.Second}, log: log,
+		connected: func() bool { return xc.Status().Connected }}
 
 	admin := &http.Server{
 		Handler: p.AdminHandler(proxy.AdminSources{

@@ -74,12 +74,15 @@ func (c Config) workload() workload {
 	return w
 }
 
-// Intervals of the registration loop. Readiness is reported on every change
-// and at least every reportEvery, so a restarted control plane, which keeps
-// health in memory only, learns it again within that time.
+// Intervals of the registration loop. Readiness is reported when it
+// changes, whenever the xDS stream (re)connects (a restarted control plane
+// keeps health in memory only, and counts a reconnected proxy as ready until
+// told otherwise), and at least every reportEvery as a safety net. Reports
+// are rare on purpose: on a small device each one pulls the HTTP client's
+// code back into memory.
 const (
 	probeEvery   = time.Second
-	reportEvery  = 5 * time.Second
+	reportEvery  = 30 * time.Second
 	probeTimeout = time.Second
 )
 
@@ -89,6 +92,8 @@ type registrar struct {
 	cfg  Config
 	http *http.Client
 	log  *slog.Logger
+	// connected reports whether the xDS stream is up.
+	connected func() bool
 }
 
 func (r *registrar) run(ctx context.Context) error {
@@ -100,6 +105,7 @@ func (r *registrar) run(ctx context.Context) error {
 	attempt := 0
 	var lastReady *bool
 	var lastReport time.Time
+	wasConnected := false
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -121,7 +127,10 @@ func (r *registrar) run(ctx context.Context) error {
 			registered, attempt, lastReady = true, 0, nil
 		}
 		ready := r.probe(ctx)
-		if lastReady == nil || *lastReady != ready || time.Since(lastReport) >= reportEvery {
+		connected := r.connected()
+		reconnected := connected && !wasConnected
+		wasConnected = connected
+		if lastReady == nil || *lastReady != ready || reconnected || time.Since(lastReport) >= reportEvery {
 			switch err := r.report(ctx, ready); {
 			case err == errUnknownWorkload:
 				// The workload was deleted (or the store lost it): register again.
