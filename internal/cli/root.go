@@ -1,7 +1,8 @@
 // Package cli owns the `verge` command line for resources: the root command
-// with its --server flag, and the apply, get, delete, describe, proxy-status
-// and version subcommands, which talk to the control plane through
-// internal/apiclient. It also owns how errors are shown to a user and which
+// with its --server flag, and the apply, get, delete, describe, proxy-status,
+// token, ca and version subcommands, which talk to the control plane through
+// internal/apiclient (token and ca through the identity API's types in
+// internal/identity). It also owns how errors are shown to a user and which
 // exit code they map to.
 //
 // It does not own the roles that run servers (control-plane, proxy, demo):
@@ -158,6 +159,8 @@ func newRootCommand(version string, out, errOut io.Writer, in io.Reader, now fun
 		newDeleteCommand(e),
 		newDescribeCommand(e),
 		newProxyStatusCommand(e),
+		newTokenCommand(e),
+		newCACommand(e),
 		newVersionCommand(e, version),
 	)
 	return root

@@ -9,6 +9,8 @@
 //	/apis/...                 resources (apiserver)
 //	/api/v1/proxies           xDS clients and their versions (xds)
 //	/api/v1/health/{ns}/{wl}  proxy readiness reports (registry)
+//	/api/v1/tokens, /api/v1/certificates, /api/v1/bundle, /api/v1/ca/rotate
+//	                          join tokens, SVIDs, trust bundle (identity)
 //	/healthz, /version, /metrics
 //	/                         dashboard (web)
 package controlplane
@@ -18,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,9 +33,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
 	"verge.dev/verge/internal/apiserver"
+	"verge.dev/verge/internal/ca"
+	"verge.dev/verge/internal/identity"
 	"verge.dev/verge/internal/registry"
 	"verge.dev/verge/internal/store"
 	"verge.dev/verge/internal/store/bolt"
@@ -47,6 +53,9 @@ const (
 	DefaultXDSAddr  = "127.0.0.1:7701"
 	DefaultSyncAddr = "127.0.0.1:7702"
 	DefaultDataDir  = "./verge-data"
+	// DefaultTrustDomain is the SPIFFE trust domain of a mesh that does not
+	// name one.
+	DefaultTrustDomain = "verge.local"
 )
 
 // drainTimeout bounds the graceful part of shutdown for each server.
@@ -69,6 +78,21 @@ type Config struct {
 	EtcdPrefix    string
 	// Version is what /version reports; default the binary's module version.
 	Version string
+
+	// TrustDomain is the mesh's SPIFFE trust domain; DefaultTrustDomain when
+	// empty.
+	TrustDomain string
+	// CACert and CAKey are an operator's CA as PEM (--ca-cert, --ca-key):
+	// the certificate the mesh signs with, any intermediates, and the root
+	// last; and its private key. When set they replace the CA material in
+	// DataDir/ca on every start; when empty the material there is used, or
+	// a self-signed root is generated on first start.
+	CACert, CAKey []byte
+	// CAPassphrase encrypts the CA material at rest in DataDir/ca; required.
+	CAPassphrase []byte
+	// SVIDTTL is the lifetime of issued certificates; ca.DefaultSVIDTTL
+	// (24h) when zero.
+	SVIDTTL time.Duration
 }
 
 // Addrs are the bound addresses, host:port.
@@ -91,6 +115,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Store == "" {
 		c.Store = "bolt"
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = DefaultTrustDomain
 	}
 	if c.Version == "" {
 		c.Version = "dev"
@@ -119,6 +146,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		}
 	}()
 
+	authority, err := openCA(cfg, logger)
+	if err != nil {
+		return err
+	}
+
 	var lc net.ListenConfig
 	var lis [3]net.Listener
 	for i, a := range []struct{ name, addr string }{{"api", cfg.APIAddr}, {"xds", cfg.XDSAddr}, {"sync", cfg.SyncAddr}} {
@@ -138,6 +170,18 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg := registry.New(st, logger)
 	xsrv := xds.New(xds.Config{Meshes: reg.Meshes(), Observer: reg, Registerer: metrics}, logger)
+	idsrv, err := identity.New(identity.Config{
+		CA:         authority,
+		Tokens:     ca.NewTokens(authority.Bundle().TrustDomain(), identity.NewStoreTokens(st), nil),
+		Persist:    func(m *ca.Material) error { return m.Save(caDir(cfg), cfg.CAPassphrase) },
+		Registerer: metrics,
+	}, logger)
+	if err != nil {
+		for _, l := range lis {
+			l.Close()
+		}
+		return err
+	}
 	// Request contexts derive from baseCtx, which ends as soon as shutdown
 	// starts: Shutdown waits for every handler, and a ?watch=1 stream only
 	// returns when its context ends, so it would otherwise hold shutdown
@@ -145,7 +189,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBase()
 	hs := &http.Server{
-		Handler:     apiHandler(cfg, st, reg, xsrv, metrics, logger),
+		Handler:     apiHandler(cfg, st, reg, xsrv, idsrv, metrics, logger),
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
 		// ReadTimeout bounds reading a request (headers and body), not a
 		// long-lived watch response.
@@ -204,6 +248,56 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	return err
 }
 
+// caDir holds the CA material, encrypted (ca.Material.Save).
+func caDir(cfg Config) string { return filepath.Join(cfg.DataDir, "ca") }
+
+// openCA builds the CA from the operator's PEM when given, else from the
+// material a previous run saved, else from a new self-signed root, and saves
+// the material unless it came from the file.
+func openCA(cfg Config, logger *slog.Logger) (*ca.CA, error) {
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("open ca: trust domain %q: %w", cfg.TrustDomain, err)
+	}
+	if len(cfg.CAPassphrase) == 0 {
+		return nil, errors.New("open ca: passphrase is empty")
+	}
+	dir := caDir(cfg)
+	var (
+		mat    *ca.Material
+		source string
+	)
+	switch {
+	case len(cfg.CACert) > 0 || len(cfg.CAKey) > 0:
+		if mat, err = ca.MaterialFromPEM(cfg.CACert, cfg.CAKey); err != nil {
+			return nil, fmt.Errorf("open ca: %w", err)
+		}
+		source = "operator"
+	default:
+		mat, err = ca.Load(dir, cfg.CAPassphrase)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			source = "generated"
+		case err != nil:
+			return nil, fmt.Errorf("open ca %q: %w", dir, err)
+		default:
+			source = "saved"
+		}
+	}
+	authority, err := ca.New(ca.Config{TrustDomain: td, SVIDTTL: cfg.SVIDTTL, Material: mat})
+	if err != nil {
+		return nil, fmt.Errorf("open ca %q: %w", dir, err)
+	}
+	if source != "saved" {
+		if err := authority.Material().Save(dir, cfg.CAPassphrase); err != nil {
+			return nil, fmt.Errorf("open ca: %w", err)
+		}
+	}
+	logger.Info("ca ready", "trust_domain", td.Name(), "source", source,
+		"trusted_roots", len(authority.Bundle().X509Authorities()))
+	return authority, nil
+}
+
 func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (store.Store, error) {
 	switch cfg.Store {
 	case "bolt":
@@ -244,13 +338,17 @@ func holdSync(ctx context.Context, lis net.Listener) error {
 	}
 }
 
-func apiHandler(cfg Config, st store.Store, reg *registry.Registry, xsrv *xds.Server, metrics *prometheus.Registry, logger *slog.Logger) http.Handler {
+func apiHandler(cfg Config, st store.Store, reg *registry.Registry, xsrv *xds.Server, idsrv *identity.Server, metrics *prometheus.Registry, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	api := apiserver.New(st, logger).Handler()
 	mux.Handle("/apis", api)
 	mux.Handle("/apis/", api)
 	mux.Handle("/api/v1/proxies", xsrv.Handler())
 	mux.Handle(registry.HealthPath, reg.HealthHandler())
+	ids := idsrv.Handler()
+	for _, p := range []string{identity.TokensPath, identity.TokensPath + "/", identity.CertificatesPath, identity.BundlePath, identity.RotatePath} {
+		mux.Handle(p, ids)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

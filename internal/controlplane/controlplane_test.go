@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const waitFor = 15 * time.Second
 
 func TestBolt(t *testing.T) {
-	testControlPlane(t, Config{APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", DataDir: t.TempDir()})
+	testControlPlane(t, Config{APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", DataDir: t.TempDir(), CAPassphrase: passphrase})
 }
 
 func TestEtcd(t *testing.T) {
@@ -37,6 +37,8 @@ func TestEtcd(t *testing.T) {
 	testControlPlane(t, Config{
 		APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		Store: "etcd", EtcdEndpoints: eps, EtcdPrefix: "/cptest",
+		// The CA material lives in the data dir whatever the store.
+		DataDir: t.TempDir(), CAPassphrase: passphrase,
 	})
 }
 
@@ -233,7 +235,10 @@ func testControlPlane(t *testing.T, cfg Config) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if code, body := do(http.MethodGet, "/metrics", ""); code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
+	if code, body := do(http.MethodGet, "/api/v1/bundle", ""); code != http.StatusOK || !strings.HasPrefix(body, "-----BEGIN CERTIFICATE-----") {
+		t.Errorf("/api/v1/bundle = %d\n%s", code, body)
+	}
+	if code, body := do(http.MethodGet, "/metrics", ""); code != http.StatusOK || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "verge_ca_refusals_total") {
 		t.Errorf("/metrics = %d\n%s", code, body)
 	}
 
@@ -249,7 +254,7 @@ func TestShutdownWithOpenWatch(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cfg := Config{APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", DataDir: t.TempDir()}
+	cfg := Config{APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", DataDir: t.TempDir(), CAPassphrase: passphrase}
 	addrsCh := make(chan Addrs, 1)
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, logger, func(a Addrs) { addrsCh <- a }) }()

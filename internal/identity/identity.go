@@ -1,0 +1,123 @@
+// Package identity owns the control plane's identity API: creating, listing
+// and revoking join tokens, issuing X.509 SVIDs to a proxy that presents a
+// join token and a CSR, serving the trust bundle, and rotating the CA's root
+// (see api.go for the paths and bodies). It also owns StoreTokens, the
+// ca.TokenStore that keeps join tokens in the control plane's store, and the
+// CA metrics (verge_ca_*).
+//
+// It does not own the cryptography, the token rules or the CA material's file
+// format (internal/ca), where the material lives (the control plane passes a
+// Persist function), nor anything on the proxy side (keys, CSRs, SDS, mTLS).
+//
+// The token and rotation endpoints are as open as the rest of the API today:
+// the API listener is on loopback by default, and authenticating
+// administrators is a later step of issue 4.
+package identity
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"verge.dev/verge/internal/ca"
+)
+
+// Refusal reasons, the values of the reason label of
+// verge_ca_refusals_total. The set is fixed so the metric stays bounded.
+const (
+	ReasonMissingToken     = "missing_token"
+	ReasonInvalidToken     = "invalid_token"
+	ReasonExpiredToken     = "expired_token"
+	ReasonRevokedToken     = "revoked_token"
+	ReasonUsedUpToken      = "used_up_token"
+	ReasonIdentityMismatch = "identity_mismatch"
+	ReasonWrongTrustDomain = "wrong_trust_domain"
+	ReasonBadCSR           = "bad_csr"
+	ReasonUnsupportedKey   = "unsupported_key"
+	ReasonTooLarge         = "too_large"
+)
+
+var reasons = []string{
+	ReasonMissingToken, ReasonInvalidToken, ReasonExpiredToken, ReasonRevokedToken, ReasonUsedUpToken,
+	ReasonIdentityMismatch, ReasonWrongTrustDomain, ReasonBadCSR, ReasonUnsupportedKey, ReasonTooLarge,
+}
+
+// Config configures New. The caller must not modify it after the call.
+type Config struct {
+	// CA signs certificates and gives the bundle; required.
+	CA *ca.CA
+	// Tokens creates, redeems and revokes join tokens; required.
+	Tokens *ca.Tokens
+	// Persist saves the CA material after a rotation (the control plane
+	// encrypts it into its data dir); required. Called with rotations
+	// serialized.
+	Persist func(*ca.Material) error
+	// Registerer receives the verge_ca_* metrics; none registered when nil.
+	Registerer prometheus.Registerer
+}
+
+// Server serves the identity API. Safe for concurrent use.
+type Server struct {
+	ca      *ca.CA
+	tokens  *ca.Tokens
+	persist func(*ca.Material) error
+	logger  *slog.Logger
+
+	// rotateMu makes rotate-then-persist atomic, so two concurrent
+	// rotations cannot save their material in the wrong order.
+	rotateMu sync.Mutex
+
+	refusals *prometheus.CounterVec
+	issued   prometheus.Counter
+}
+
+// New returns a Server and registers its metrics on cfg.Registerer.
+func New(cfg Config, logger *slog.Logger) (*Server, error) {
+	if cfg.CA == nil || cfg.Tokens == nil || cfg.Persist == nil {
+		return nil, errors.New("new identity server: CA, Tokens and Persist are required")
+	}
+	s := &Server{
+		ca:      cfg.CA,
+		tokens:  cfg.Tokens,
+		persist: cfg.Persist,
+		logger:  logger.With("component", "identity"),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_ca_refusals_total",
+			Help: "Certificate requests refused, by reason.",
+		}, []string{"reason"}),
+		issued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "verge_ca_certificates_issued_total",
+			Help: "X.509 SVIDs issued.",
+		}),
+	}
+	// Every reason starts at zero so a dashboard sees the series before the
+	// first refusal.
+	for _, r := range reasons {
+		s.refusals.WithLabelValues(r)
+	}
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{s.refusals, s.issued} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("new identity server: register metrics: %w", err)
+			}
+		}
+	}
+	return s, nil
+}
+
+// Handler serves every path in api.go (TokensPath and its subtree,
+// CertificatesPath, BundlePath, RotatePath); mount it on each of them.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+TokensPath, s.createToken)
+	mux.HandleFunc("GET "+TokensPath, s.listTokens)
+	mux.HandleFunc("DELETE "+TokensPath+"/{id}", s.revokeToken)
+	mux.HandleFunc("POST "+CertificatesPath, s.issueCertificate)
+	mux.HandleFunc("GET "+BundlePath, s.bundle)
+	mux.HandleFunc("POST "+RotatePath, s.rotate)
+	return mux
+}
