@@ -16,7 +16,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	cmd := agent.NewCommand()
+	// The environment is read here, not in the command: VERGE_SERVER only
+	// supplies the --server default.
+	cmd := agent.NewCommand(os.Getenv("VERGE_SERVER"))
 	cmd.Use = "verge-proxy"
 	cmd.SilenceUsage, cmd.SilenceErrors = true, true
 	go func() {

@@ -25,7 +25,13 @@
 // a request midway and the request path takes no lock. What must outlive a
 // snapshot (balancer counters, pooled connections) lives in per-cluster
 // pools carried from one state to the next by cluster name. Listener
-// sockets are reconciled by Run's goroutine: new name+address pairs are
-// opened, removed ones stop accepting and drain, unchanged ones keep their
-// connections and just see the new state.
+// sockets are reconciled by Run's goroutine: new name+address+kind keys are
+// opened, removed ones close their socket at once (so that a listener
+// renamed or changing kind can bind the same address) and drain in the
+// background, unchanged ones keep their connections and just see the new
+// state; a listener that cannot bind is retried with backoff.
+//
+// Shutdown (Run's context ends): Ready turns false, the listeners keep
+// accepting for Config.DrainDelay while the control plane tells peers,
+// then they stop accepting and drain for up to Config.DrainTimeout.
 package proxy

@@ -11,8 +11,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"verge.dev/verge/internal/proxy/balancer"
+	"verge.dev/verge/internal/proxy/h1"
 )
 
 // failure is why the proxy answered a request itself.
@@ -38,21 +40,6 @@ func (f failure) httpStatus() int {
 		return http.StatusGatewayTimeout
 	default:
 		return http.StatusBadGateway
-	}
-}
-
-// text is the local reply's body (without newline); the same words as the
-// h1 engine's, so both paths answer alike.
-func (f failure) text() string {
-	switch f {
-	case failNoRoute:
-		return "no route"
-	case failNoEndpoint, failConnect:
-		return "upstream connect error or no healthy upstream"
-	case failTimeout:
-		return "upstream timeout"
-	default:
-		return "upstream error"
 	}
 }
 
@@ -173,7 +160,13 @@ func (h listenerHandler) fail(w http.ResponseWriter, r *http.Request, grpc bool,
 		return
 	}
 	status := f.httpStatus()
-	http.Error(w, f.text(), status)
+	// The same reply as the h1 engine's, from its one table of bodies.
+	hd := w.Header()
+	hd.Del("Content-Length")
+	hd.Set("Content-Type", "text/plain; charset=utf-8")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, h1.LocalBody(status))
 	h.p.metrics.request(stat, clusterName, status)
 }
 
@@ -261,7 +254,7 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 	// Streams (gRPC, server-sent events, anything without a length) are
 	// flushed on every write, like ReverseProxy with FlushInterval -1.
 	flush := grpc || res.ContentLength == -1
-	if err := copyBody(w, res.Body, flush); err != nil {
+	if err := copyBody(w, res.Body, flush, h.p.cfg.StreamIdleTimeout); err != nil {
 		// A response cut short must not look complete to the client: abort
 		// resets the HTTP/2 stream or closes the HTTP/1.1 connection.
 		if h.p.log.Enabled(ctx, slog.LevelDebug) {
@@ -281,15 +274,33 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 }
 
 // copyBody copies src to w with a pooled buffer, flushing after each write
-// when flush is set.
-func copyBody(w http.ResponseWriter, src io.Reader, flush bool) error {
+// when flush is set. A write to the client must make progress within
+// about idle (between idle/2 and idle): a client that stopped reading
+// would otherwise block the handler, and hold its upstream stream, forever.
+func copyBody(w http.ResponseWriter, src io.Reader, flush bool, idle time.Duration) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
 	rc := http.NewResponseController(w)
+	// armed is when the write deadline was last set (zero: never). It is
+	// re-armed only once half of it has passed: on HTTP/2 every
+	// SetWriteDeadline is a message to the connection's goroutine.
+	var armed time.Time
+	defer func() {
+		if !armed.IsZero() {
+			// An HTTP/1.1 connection keeps its deadline into the next
+			// request otherwise.
+			_ = rc.SetWriteDeadline(time.Time{})
+		}
+	}()
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
+			if now := time.Now(); now.Sub(armed) >= idle/2 {
+				if rc.SetWriteDeadline(now.Add(idle)) == nil {
+					armed = now
+				}
+			}
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}

@@ -1,10 +1,7 @@
 package proxy
 
 import (
-	"errors"
-	"net"
 	"net/http"
-	"os"
 	"strings"
 
 	"verge.dev/verge/internal/proxy/config"
@@ -61,27 +58,15 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 	return h1.Decision{
 		Addr:    ep.Address,
 		Timeout: rte.timeout,
+		// status is what the client was sent, the engine's own reply
+		// included; 0 (nothing sent: the client left) counts as 499.
 		Done: func(status int, err error) {
 			ep.Done()
 			active.Dec()
-			if status == 0 && err != nil {
-				status = h1FailureStatus(err)
+			if status == 0 {
+				status = 499
 			}
 			p.metrics.request(stat, cl.name, status)
 		},
-	}
-}
-
-// h1FailureStatus is what the h1 engine answered when no upstream status
-// arrived (its documented mapping: connect 503, timeout 504, else 502).
-func h1FailureStatus(err error) int {
-	var op *net.OpError
-	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return http.StatusGatewayTimeout
-	case errors.As(err, &op) && op.Op == "dial":
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusBadGateway
 	}
 }

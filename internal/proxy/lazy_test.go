@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"sync"
@@ -33,8 +34,11 @@ func TestLazyNetHTTPAndTransports(t *testing.T) {
 	}
 	l := p.newHTTPListener(ln, cl)
 	var wg sync.WaitGroup
-	wg.Go(l.serve)
+	ctx, stop := context.WithCancel(context.Background())
+	wg.Go(func() { l.serve(ctx) })
 	t.Cleanup(func() {
+		l.closeSocket()
+		stop()
 		l.drain(5 * time.Second)
 		wg.Wait()
 		for _, pl := range p.pools {

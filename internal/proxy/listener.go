@@ -46,20 +46,17 @@ type httpListener struct {
 	upgraded   map[net.Conn]struct{}
 	upgradedWG sync.WaitGroup
 
-	// stopCtx ends when drain starts; h1 connections and connections still
-	// being sniffed watch it.
-	stopCtx context.Context
-	stop    context.CancelFunc
-	// h1Ctx is the context of the current generation of h1-served
-	// connections: cancelled (so they finish their exchange and close) when
-	// the listener's route table stops being HTTP/1.1-only, so that their
-	// clients reconnect and get net/http.
-	h1Mu     sync.Mutex
-	h1Ctx    context.Context
-	h1Cancel context.CancelFunc
+	// accepted is closed when serve returns, so drain knows no connection
+	// joins conns any more.
+	accepted chan struct{}
 	conns    sync.WaitGroup        // connections owned by the accept loop
-	connsMu  sync.Mutex            // guards live
+	connsMu  sync.Mutex            // guards live and h1Conns
 	live     map[net.Conn]struct{} // nil once drain has given up waiting
+	// h1Conns holds the cancels of the connections the h1 engine serves.
+	// They are cancelled (so they finish their exchange and close) when the
+	// listener's route table stops being HTTP/1.1-only, so that their
+	// clients reconnect and get net/http.
+	h1Conns map[net.Conn]context.CancelFunc
 }
 
 // netHTTP is the net/http side of an httpListener.
@@ -82,10 +79,9 @@ const (
 )
 
 func (p *Proxy) newHTTPListener(ln net.Listener, cl *config.Listener) *httpListener {
-	l := &httpListener{p: p, ln: ln, live: map[net.Conn]struct{}{}}
+	l := &httpListener{p: p, ln: ln, accepted: make(chan struct{}),
+		live: map[net.Conn]struct{}{}, h1Conns: map[net.Conn]context.CancelFunc{}}
 	l.cfg.Store(cl)
-	l.stopCtx, l.stop = context.WithCancel(context.Background())
-	l.h1Ctx, l.h1Cancel = context.WithCancel(l.stopCtx)
 	return l
 }
 
@@ -143,10 +139,12 @@ func (l *httpListener) netHTTP() *netHTTP {
 func (l *httpListener) setConfig(cl *config.Listener) {
 	l.cfg.Store(cl)
 	if !l.h1Eligible() {
-		l.h1Mu.Lock()
-		l.h1Cancel()
-		l.h1Ctx, l.h1Cancel = context.WithCancel(l.stopCtx)
-		l.h1Mu.Unlock()
+		l.connsMu.Lock()
+		for c, cancel := range l.h1Conns {
+			cancel()
+			delete(l.h1Conns, c)
+		}
+		l.connsMu.Unlock()
 	}
 }
 
@@ -164,20 +162,15 @@ func (l *httpListener) h1Eligible() bool {
 	return rt == nil || rt.h1Only
 }
 
-func (l *httpListener) currentH1Ctx() context.Context {
-	l.h1Mu.Lock()
-	defer l.h1Mu.Unlock()
-	return l.h1Ctx
-}
-
 // serve runs the accept loop, which sends each connection either to the h1
 // engine or to net/http.
-func (l *httpListener) serve() {
+func (l *httpListener) serve(ctx context.Context) {
+	defer close(l.accepted)
 	var tempDelay time.Duration
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || l.stopCtx.Err() != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				break
 			}
 			// Out of file descriptors and the like: back off, as net/http does.
@@ -186,7 +179,7 @@ func (l *httpListener) serve() {
 			t := time.NewTimer(tempDelay)
 			select {
 			case <-t.C:
-			case <-l.stopCtx.Done():
+			case <-ctx.Done():
 				t.Stop()
 			}
 			continue
@@ -196,7 +189,7 @@ func (l *httpListener) serve() {
 			_ = c.Close()
 			break
 		}
-		l.conns.Go(func() { l.dispatch(c) })
+		l.conns.Go(func() { l.dispatch(ctx, c) })
 	}
 }
 
@@ -227,7 +220,10 @@ var aLongTimeAgo = time.Unix(1, 0)
 // connection while the route table needs net/http, goes to srv; other
 // HTTP/1.1 connections are served by the h1 engine, which hands back
 // upgrade requests (h2c, WebSocket) through OnUpgrade.
-func (l *httpListener) dispatch(c net.Conn) {
+//
+// ctx ends when the listener starts draining: a connection still being
+// sniffed is closed, and one served by h1 finishes its exchange and closes.
+func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 	tracked := true
 	defer func() {
 		if tracked {
@@ -243,13 +239,26 @@ func (l *httpListener) dispatch(c net.Conn) {
 	br := bufio.NewReaderSize(c, 4<<10)
 	// Wait for the first bytes, but not forever and not past a drain.
 	_ = c.SetReadDeadline(time.Now().Add(listenerReadHeaderTimeout))
-	stopWatch := context.AfterFunc(l.stopCtx, func() { _ = c.SetReadDeadline(aLongTimeAgo) })
+	stopWatch := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(aLongTimeAgo) })
 	head, err := br.Peek(len(h2Preface))
 	if !stopWatch() || err != nil {
 		_ = c.Close()
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	// Registered before the last eligibility check, so that a setConfig
+	// that makes the table need net/http either is seen by that check or
+	// cancels this connection.
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	l.connsMu.Lock()
+	l.h1Conns[c] = cancel
+	l.connsMu.Unlock()
+	defer func() {
+		l.connsMu.Lock()
+		delete(l.h1Conns, c)
+		l.connsMu.Unlock()
+	}()
 	if string(head) == h2Preface || !l.h1Eligible() {
 		tracked = false
 		l.untrack(c)
@@ -263,14 +272,14 @@ func (l *httpListener) dispatch(c net.Conn) {
 			upgraded = &prefixConn{Conn: c, prefix: buffered}
 		},
 	}
-	err = h1.Serve(l.currentH1Ctx(), c, br, h1Router{p: l.p, l: l}, l.p.h1Pool, opts)
+	err = h1.Serve(hctx, c, br, h1Router{p: l.p, l: l}, l.p.h1Pool, opts)
 	if upgraded != nil {
 		tracked = false
 		l.untrack(c)
 		l.toNetHTTP(upgraded)
 		return
 	}
-	if err != nil && l.p.log.Enabled(context.Background(), slog.LevelDebug) {
+	if err != nil && l.p.log.Enabled(ctx, slog.LevelDebug) {
 		l.p.log.Debug("h1 connection ended", "listener", l.cfg.Load().Name, "error", err)
 	}
 }
@@ -283,16 +292,23 @@ func (l *httpListener) toNetHTTP(c net.Conn) {
 	}
 }
 
+// closeSocket stops accepting; from now on no net/http side is started.
+func (l *httpListener) closeSocket() {
+	l.netMu.Lock()
+	l.draining = true
+	l.netMu.Unlock()
+	_ = l.ln.Close()
+}
+
 func (l *httpListener) drain(timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// The accept loop ends promptly once the socket is closed; after it, no
+	// connection joins conns.
+	<-l.accepted
 	l.netMu.Lock()
-	l.draining = true
 	nh := l.nh
 	l.netMu.Unlock()
-	// Stop accepting first, then tell h1 connections to finish.
-	_ = l.ln.Close()
-	l.stop()
 
 	var wg sync.WaitGroup
 	if nh != nil {

@@ -73,3 +73,17 @@ func newMetrics() *metrics {
 func (m *metrics) request(listener, cluster string, status int) {
 	m.requests.WithLabelValues(listener, cluster, codeClass(status)).Inc()
 }
+
+// deleteCluster drops every series labelled with the cluster, once the
+// cluster left the configuration. A request still in flight on the old
+// state may recreate its request series, which then stays until the next
+// removal of that cluster name; such strays are rare and bounded by the
+// configuration.
+func (m *metrics) deleteCluster(name string) {
+	l := prometheus.Labels{"cluster": name}
+	m.requests.DeletePartialMatch(l)
+	m.upstreamOpened.DeletePartialMatch(l)
+	m.upstreamActive.DeletePartialMatch(l)
+	m.tcpConns.DeletePartialMatch(l)
+	m.tcpBytes.DeletePartialMatch(l)
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"verge.dev/verge/internal/proxy/backoff"
 	"verge.dev/verge/internal/proxy/balancer"
 	"verge.dev/verge/internal/proxy/config"
 	"verge.dev/verge/internal/proxy/h1"
@@ -23,14 +24,37 @@ const (
 	DefaultMaxIdleConnsPerHost = 1024
 	DefaultConnectTimeout      = 5 * time.Second
 	DefaultUpstreamIdleTimeout = 90 * time.Second
+	DefaultTCPIdleTimeout      = time.Hour
+	DefaultStreamIdleTimeout   = 5 * time.Minute
+)
+
+// Bounds of the retry of listeners that could not be opened (the address
+// still held by another process, or by a socket the kernel has not freed).
+const (
+	listenRetryBase = 100 * time.Millisecond
+	listenRetryMax  = 10 * time.Second
 )
 
 // Config is the proxy's bootstrap configuration, read once by New. Zero
-// fields take the defaults above.
+// fields take the defaults above, except DrainDelay.
 type Config struct {
 	// DrainTimeout bounds how long in-flight requests and streams may run
 	// after a listener stops accepting (on removal or shutdown).
 	DrainTimeout time.Duration
+	// DrainDelay is how long Run keeps accepting after its context ended,
+	// while Ready already reports false, before it closes the listeners:
+	// the time the control plane needs to take this proxy's endpoints out
+	// of its peers' configuration, so that they stop connecting before
+	// connects are refused. Zero means none.
+	DrainDelay time.Duration
+	// TCPIdleTimeout closes a proxied TCP connection, both sides, once
+	// neither direction has moved a byte for this long.
+	TCPIdleTimeout time.Duration
+	// StreamIdleTimeout bounds how long writing a response to a client on
+	// the net/http path (HTTP/2, gRPC, h2c) may make no progress; past it
+	// the stream is reset, so that a client that stopped reading cannot
+	// hold the request and its upstream forever.
+	StreamIdleTimeout time.Duration
 	// MaxIdleConnsPerHost is the idle pool size per upstream endpoint.
 	MaxIdleConnsPerHost int
 	// UpstreamIdleTimeout closes pooled upstream connections idle this long.
@@ -50,6 +74,13 @@ func (c Config) withDefaults() Config {
 	if c.UpstreamIdleTimeout <= 0 {
 		c.UpstreamIdleTimeout = DefaultUpstreamIdleTimeout
 	}
+	if c.TCPIdleTimeout <= 0 {
+		c.TCPIdleTimeout = DefaultTCPIdleTimeout
+	}
+	if c.StreamIdleTimeout <= 0 {
+		c.StreamIdleTimeout = DefaultStreamIdleTimeout
+	}
+	c.DrainDelay = max(c.DrainDelay, 0)
 	return c
 }
 
@@ -171,10 +202,27 @@ func (p *Proxy) Update(s *config.Snapshot) {
 	st := p.compileLocked(s)
 	p.state.Store(st)
 	p.updateMu.Unlock()
+	if p.h1Pool != nil {
+		// Outside updateMu: closing sockets is I/O. Two racing Updates
+		// may retain in the wrong order; that costs a redial, or an idle
+		// connection left to the periodic expiry.
+		p.h1Pool.Retain(endpointAddrs(s))
+	}
 	select {
 	case p.notify <- struct{}{}:
 	default:
 	}
+}
+
+// endpointAddrs is the set of every endpoint address of s.
+func endpointAddrs(s *config.Snapshot) map[string]struct{} {
+	addrs := map[string]struct{}{}
+	for _, c := range s.Clusters {
+		for _, e := range c.Endpoints {
+			addrs[e.Address] = struct{}{}
+		}
+	}
+	return addrs
 }
 
 func (p *Proxy) compileLocked(s *config.Snapshot) *state {
@@ -216,6 +264,9 @@ func (p *Proxy) compileLocked(s *config.Snapshot) *state {
 	for name, old := range p.pools {
 		if _, ok := next[name]; !ok {
 			old.up.closeIdle()
+			// Cluster names come and go with services; without this
+			// their series would be exported forever.
+			p.metrics.deleteCluster(name)
 		}
 	}
 	p.pools = next
@@ -289,7 +340,7 @@ func (c *countedConn) Close() error {
 }
 
 // Ready reports whether a snapshot has been applied and all its listeners
-// are bound.
+// are bound, and Run's context has not ended.
 func (p *Proxy) Ready() bool { return p.ready.Load() }
 
 // ListenerAddr returns the bound address of the named listener, or nil if it
@@ -302,89 +353,167 @@ func (p *Proxy) ListenerAddr(name string) net.Addr {
 }
 
 // Run serves the listeners of the latest snapshot until ctx ends, then
-// drains: it stops accepting, lets in-flight requests and streams finish for
-// up to Config.DrainTimeout, closes what remains and returns nil. Run must be
-// called once.
+// shuts down in order: Ready turns false at once, the listeners keep
+// accepting for Config.DrainDelay, then they stop accepting and in-flight
+// requests and streams get up to Config.DrainTimeout to finish; what
+// remains is closed and Run returns nil. Run must be called once.
 func (p *Proxy) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	open := map[listenerKey]runningListener{}
+	open := map[listenerKey]running{}
+	// Listeners outlive ctx by the drain delay and the drain.
+	lctx := context.WithoutCancel(ctx)
+
+	retry := backoff.Backoff{Base: listenRetryBase, Max: listenRetryMax}
+	retryT := time.NewTimer(time.Hour)
+	retryT.Stop()
+	defer retryT.Stop()
+	apply := func() {
+		failed := p.reconcile(lctx, &wg, open)
+		p.ready.Store(failed == 0)
+		if failed == 0 {
+			retry.Reset()
+			retryT.Stop()
+			return
+		}
+		wait := retry.Next()
+		p.log.Warn("listeners not opened", "count", failed, "retry_in", wait)
+		retryT.Reset(wait)
+	}
+
+	// The h1 pool expires idle connections only when it is used; the
+	// sweep closes those of addresses no request reaches any more.
+	var sweep <-chan time.Time
+	if p.h1Pool != nil {
+		tk := time.NewTicker(max(p.cfg.UpstreamIdleTimeout/2, time.Second))
+		defer tk.Stop()
+		sweep = tk.C
+	}
+
 	for {
 		select {
 		case <-ctx.Done():
 			p.ready.Store(false)
-			p.log.Info("proxy draining", "listeners", len(open), "timeout", p.cfg.DrainTimeout)
-			for k, l := range open {
-				delete(open, k)
-				wg.Go(func() { l.drain(p.cfg.DrainTimeout) })
+			if p.cfg.DrainDelay > 0 {
+				// Peers learn from the control plane that this proxy is
+				// going; until they do, they still connect, and are served.
+				p.log.Info("proxy not ready, still accepting", "listeners", len(open), "delay", p.cfg.DrainDelay)
+				t := time.NewTimer(p.cfg.DrainDelay)
+				<-t.C
 			}
-			wg.Wait()
-			p.updateMu.Lock()
-			for _, pl := range p.pools {
-				pl.up.closeIdle()
-			}
-			p.updateMu.Unlock()
-			if p.h1Pool != nil {
-				p.h1Pool.Close()
-			}
-			p.log.Info("proxy stopped")
+			p.shutdown(&wg, open)
 			return nil
 		case <-p.notify:
-			p.reconcile(ctx, &wg, open)
+			apply()
+		case <-retryT.C:
+			apply()
+		case <-sweep:
+			p.h1Pool.CloseExpired()
 		}
 	}
 }
 
-type listenerKey struct{ name, address string }
+// shutdown closes every listener's socket, drains them together and
+// releases the upstream pools.
+func (p *Proxy) shutdown(wg *sync.WaitGroup, open map[listenerKey]running) {
+	p.log.Info("proxy draining", "listeners", len(open), "timeout", p.cfg.DrainTimeout)
+	for k, r := range open {
+		delete(open, k)
+		p.stopListener(wg, r)
+	}
+	wg.Wait()
+	p.updateMu.Lock()
+	for _, pl := range p.pools {
+		pl.up.closeIdle()
+	}
+	p.updateMu.Unlock()
+	if p.h1Pool != nil {
+		p.h1Pool.Close()
+	}
+	p.log.Info("proxy stopped")
+}
+
+// stopListener closes r's socket now, so that its address is free for a
+// listener opened right after, and drains its connections in the
+// background, owned by wg.
+func (p *Proxy) stopListener(wg *sync.WaitGroup, r running) {
+	r.l.closeSocket()
+	r.stop()
+	wg.Go(func() { r.l.drain(p.cfg.DrainTimeout) })
+}
+
+// listenerKey identifies a running listener. The kind is part of it: a
+// listener that changes between HTTP and TCP (its Service appeared or
+// changed protocol) is a different listener, reopened rather than handed
+// a config it cannot serve.
+type listenerKey struct {
+	name, address string
+	kind          config.ListenerKind
+}
+
+// running is an open listener and the cancel of the context its serve
+// loop and connections derive from.
+type running struct {
+	l    runningListener
+	stop context.CancelFunc
+}
 
 // runningListener is an open listener owned by Run.
 type runningListener interface {
-	// setConfig replaces the listener's config (same name and address).
+	// setConfig replaces the listener's config (same key).
 	setConfig(l *config.Listener)
 	addr() net.Addr
-	// serve accepts until the listener is closed by drain.
-	serve()
-	// drain stops accepting, waits up to timeout for connections to finish,
-	// then closes them.
+	// serve accepts until the socket is closed. ctx ends when the
+	// listener starts draining; connections derive their contexts from it.
+	serve(ctx context.Context)
+	// closeSocket stops accepting and releases the address; it does not
+	// block on connections.
+	closeSocket()
+	// drain, after closeSocket and the end of serve's ctx, waits up to
+	// timeout for connections to finish, then closes them.
 	drain(timeout time.Duration)
 }
 
-// reconcile opens new listeners, updates kept ones and drains removed ones.
-// It runs on Run's goroutine, which owns open.
-func (p *Proxy) reconcile(ctx context.Context, wg *sync.WaitGroup, open map[listenerKey]runningListener) {
+// reconcile opens new listeners, updates kept ones and drains removed ones,
+// and returns how many listeners it could not open. It runs on Run's
+// goroutine, which owns open.
+func (p *Proxy) reconcile(ctx context.Context, wg *sync.WaitGroup, open map[listenerKey]running) int {
 	st := p.state.Load()
 	want := map[listenerKey]*config.Listener{}
 	for _, l := range st.snap.Listeners {
-		want[listenerKey{l.Name, l.Address}] = l
+		want[listenerKey{l.Name, l.Address, l.Kind}] = l
 	}
-	for k, l := range open {
+	// Removed listeners release their sockets before new ones bind: a
+	// listener renamed, or changing kind, keeps its address.
+	for k, r := range open {
 		if _, ok := want[k]; !ok {
 			delete(open, k)
 			p.log.Info("listener removed", "listener", k.name, "address", k.address)
-			wg.Go(func() { l.drain(p.cfg.DrainTimeout) })
+			p.stopListener(wg, r)
 		}
 	}
 	failed := 0
 	for k, cl := range want {
-		if l, ok := open[k]; ok {
-			l.setConfig(cl)
+		if r, ok := open[k]; ok {
+			r.l.setConfig(cl)
 			continue
 		}
 		l, err := p.listen(ctx, cl)
 		if err != nil {
 			failed++
-			p.log.Error("listener not opened", "listener", k.name, "address", k.address, "error", err)
+			p.log.Warn("listener not opened", "listener", k.name, "address", k.address, "error", err)
 			continue
 		}
-		open[k] = l
+		sctx, stop := context.WithCancel(ctx)
+		open[k] = running{l: l, stop: stop}
 		p.log.Info("listener added", "listener", k.name, "address", l.addr().String())
-		wg.Go(l.serve)
+		wg.Go(func() { l.serve(sctx) })
 	}
 	bound := make(map[string]net.Addr, len(open))
-	for k, l := range open {
-		bound[k.name] = l.addr()
+	for k, r := range open {
+		bound[k.name] = r.l.addr()
 	}
 	p.bound.Store(&bound)
-	p.ready.Store(failed == 0)
+	return failed
 }
 
 func (p *Proxy) listen(ctx context.Context, cl *config.Listener) (runningListener, error) {

@@ -19,31 +19,33 @@ type tcpListener struct {
 	ln  net.Listener
 	cfg atomic.Pointer[config.Listener]
 
-	// ctx ends when the drain deadline passes; it bounds dials.
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{} // downstream and upstream, closed at the deadline
+	// accepted is closed when serve returns.
+	accepted chan struct{}
+	mu       sync.Mutex
+	// conns holds the downstream connections, with the cancel of their
+	// context (which bounds the dial), and the upstream ones (nil cancel);
+	// all are cut at the drain deadline, after which conns is nil.
+	conns map[net.Conn]context.CancelFunc
 	wg    sync.WaitGroup
 }
 
 func (p *Proxy) newTCPListener(ln net.Listener, cl *config.Listener) *tcpListener {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &tcpListener{p: p, ln: ln, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
+	l := &tcpListener{p: p, ln: ln, accepted: make(chan struct{}), conns: map[net.Conn]context.CancelFunc{}}
 	l.cfg.Store(cl)
 	return l
 }
 
 func (l *tcpListener) setConfig(cl *config.Listener) { l.cfg.Store(cl) }
 func (l *tcpListener) addr() net.Addr                { return l.ln.Addr() }
+func (l *tcpListener) closeSocket()                  { _ = l.ln.Close() }
 
-func (l *tcpListener) serve() {
+func (l *tcpListener) serve(ctx context.Context) {
+	defer close(l.accepted)
 	var tempDelay time.Duration
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
 			}
 			// Out of file descriptors and the like: back off, as net/http does.
@@ -52,30 +54,37 @@ func (l *tcpListener) serve() {
 			t := time.NewTimer(tempDelay)
 			select {
 			case <-t.C:
-			case <-l.ctx.Done():
+			case <-ctx.Done():
 				t.Stop()
 				return
 			}
 			continue
 		}
 		tempDelay = 0
-		if !l.track(c) {
+		// A drain lets connections finish: only its deadline, through
+		// cancel, ends their context.
+		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		if !l.track(c, cancel) {
+			cancel()
 			_ = c.Close()
 			return
 		}
-		l.wg.Go(func() { l.handle(c) })
+		l.wg.Go(func() {
+			defer cancel()
+			l.handle(cctx, c)
+		})
 	}
 }
 
 // track registers c for the drain deadline; false means the listener is
 // already past its deadline.
-func (l *tcpListener) track(c net.Conn) bool {
+func (l *tcpListener) track(c net.Conn, cancel context.CancelFunc) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.conns == nil {
 		return false
 	}
-	l.conns[c] = struct{}{}
+	l.conns[c] = cancel
 	return true
 }
 
@@ -86,7 +95,7 @@ func (l *tcpListener) untrack(c net.Conn) {
 }
 
 func (l *tcpListener) drain(timeout time.Duration) {
-	_ = l.ln.Close()
+	<-l.accepted
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()
 	t := time.NewTimer(timeout)
@@ -94,19 +103,20 @@ func (l *tcpListener) drain(timeout time.Duration) {
 	select {
 	case <-done:
 	case <-t.C:
-		l.cancel()
 		l.mu.Lock()
-		for c := range l.conns {
+		for c, cancel := range l.conns {
+			if cancel != nil {
+				cancel()
+			}
 			_ = c.Close()
 		}
 		l.conns = nil
 		l.mu.Unlock()
 		<-done
 	}
-	l.cancel()
 }
 
-func (l *tcpListener) handle(down net.Conn) {
+func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 	defer l.untrack(down)
 	defer down.Close()
 	lcfg := l.cfg.Load()
@@ -129,13 +139,13 @@ func (l *tcpListener) handle(down net.Conn) {
 	}
 	defer ep.Done()
 	d := net.Dialer{Timeout: cl.connectTimeout}
-	up, err := d.DialContext(l.ctx, "tcp", ep.Address)
+	up, err := d.DialContext(ctx, "tcp", ep.Address)
 	if err != nil {
 		l.p.log.Debug("tcp upstream connect failed", "listener", stat, "cluster", cl.name, "endpoint", ep.Address, "error", err)
 		m.tcpConns.WithLabelValues(stat, cl.name, "connect_failed").Inc()
 		return
 	}
-	if !l.track(up) {
+	if !l.track(up, nil) {
 		_ = up.Close()
 		return
 	}
@@ -143,20 +153,83 @@ func (l *tcpListener) handle(down net.Conn) {
 	defer up.Close()
 	m.tcpConns.WithLabelValues(stat, cl.name, "proxied").Inc()
 
+	// The idle timer closes both sides once neither direction has moved a
+	// byte for the timeout: after a half-close whose peer never finishes,
+	// or when both ends went silent, the copies would otherwise wait
+	// forever. One timer per connection, re-armed from the last progress,
+	// costs less than a deadline set on every read.
+	idle := l.p.cfg.TCPIdleTimeout
+	var last atomic.Int64 // nanoseconds since start of the last progress
+	start := time.Now()
+	// timerMu orders the callback's use of timer after its assignment,
+	// and keeps it from re-arming a timer the handler has stopped.
+	var timerMu sync.Mutex
+	var timer *time.Timer
+	ended := false
+	timerMu.Lock()
+	timer = time.AfterFunc(idle, func() {
+		quiet := time.Since(start) - time.Duration(last.Load())
+		if quiet < idle {
+			timerMu.Lock()
+			if !ended {
+				timer.Reset(idle - quiet)
+			}
+			timerMu.Unlock()
+			return
+		}
+		l.p.log.Debug("tcp connection idle", "listener", stat, "cluster", cl.name, "timeout", idle)
+		_ = down.Close()
+		_ = up.Close()
+	})
+	timerMu.Unlock()
+	defer func() {
+		timerMu.Lock()
+		ended = true
+		timer.Stop()
+		timerMu.Unlock()
+	}()
+	progress := func() { last.Store(int64(time.Since(start))) }
+
 	// Each direction copies until EOF and then half-closes its destination,
 	// so a client that shuts down its write side still gets the rest of the
-	// answer. io.Copy between *net.TCPConn uses splice(2) on Linux.
+	// answer. The copy is by hand, not io.Copy, whose splice(2) between
+	// sockets would hide the progress the idle timer needs.
 	var wg sync.WaitGroup
 	var sent int64
 	wg.Go(func() {
-		sent, _ = io.Copy(up, down)
+		sent = copyProgress(up, down, progress)
 		closeWrite(up)
 	})
-	received, _ := io.Copy(down, up)
+	received := copyProgress(down, up, progress)
 	closeWrite(down)
 	wg.Wait()
 	m.tcpBytes.WithLabelValues(stat, cl.name, "sent").Add(float64(sent))
 	m.tcpBytes.WithLabelValues(stat, cl.name, "received").Add(float64(received))
+}
+
+// copyProgress copies src to dst until EOF or an error, with a pooled
+// buffer, calling progress after every read and write that moved bytes.
+// It returns the bytes written.
+func copyProgress(dst io.Writer, src io.Reader, progress func()) int64 {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			progress()
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n
+			}
+			progress()
+		}
+		if rerr != nil {
+			return n
+		}
+	}
 }
 
 func closeWrite(c net.Conn) {

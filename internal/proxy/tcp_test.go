@@ -97,3 +97,67 @@ func TestTCPProxy(t *testing.T) {
 		}
 	})
 }
+
+// A proxied TCP connection with no progress in either direction for
+// TCPIdleTimeout is closed on both sides: when both ends went silent, and
+// when the client half-closed but the upstream never finishes.
+func TestTCPIdleTimeout(t *testing.T) {
+	// silent reads what it is sent and never answers nor closes, until
+	// the test ends.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var held []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+			wg.Go(func() { _, _ = io.Copy(io.Discard, c) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+
+	l := &config.Listener{Name: "tcp", Address: "127.0.0.1:0", Kind: config.ListenerTCP, Cluster: "silent"}
+	tp := startProxy(t, Config{TCPIdleTimeout: 200 * time.Millisecond}, snapshot([]*config.Listener{l}, nil,
+		mkCluster("silent", config.UpstreamTCP, config.LBRoundRobin, ln.Addr().String())))
+	addr := tp.addr(t, "tcp")
+	for _, halfClose := range []bool{false, true} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(c, "ping"); err != nil {
+			t.Fatal(err)
+		}
+		if halfClose {
+			_ = c.(*net.TCPConn).CloseWrite()
+		}
+		// Far beyond the idle timeout: a read that ends on this deadline
+		// means the proxy never closed.
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := c.Read(make([]byte, 1))
+		c.Close()
+		if err != io.EOF {
+			t.Errorf("half-closed %v: read %d bytes, %v; want EOF from the idle timeout", halfClose, n, err)
+		}
+	}
+	waitFor(t, "no active TCP connection", func() bool {
+		return metricValue(t, tp.metrics.tcpActive.WithLabelValues("tcp")) == 0
+	})
+}

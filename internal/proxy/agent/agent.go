@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -155,9 +154,26 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}
 	log.Info("proxy started", "admin", adminLis.Addr().String(), "xds", cfg.XDSAddr, "server", cfg.Server)
 
+	// Shutdown has an order. When gctx ends, the proxy reports not ready
+	// on /ready and the registrar tells the control plane, which takes the
+	// workload's endpoints out of its peers' EDS; the proxy keeps accepting
+	// for Proxy.DrainDelay while that propagates, then stops accepting and
+	// drains. Only then does the xDS client stop (configuration keeps
+	// arriving while requests drain), and the admin server goes last, so
+	// that /ready can be watched throughout.
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return p.Run(gctx) })
-	g.Go(func() error { return xc.Run(gctx) })
+	xctx, stopXDS := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopXDS()
+	proxyDone, xdsDone := make(chan struct{}), make(chan struct{})
+	g.Go(func() error {
+		defer close(proxyDone)
+		defer stopXDS()
+		return p.Run(gctx)
+	})
+	g.Go(func() error {
+		defer close(xdsDone)
+		return xc.Run(xctx)
+	})
 	g.Go(func() error { return reg.run(gctx) })
 	g.Go(func() error {
 		err := admin.Serve(adminLis)
@@ -167,9 +183,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		return fmt.Errorf("serve admin: %w", err)
 	})
 	g.Go(func() error {
-		<-gctx.Done()
-		// The admin port stays up until the data path has drained, so
-		// /ready can be watched going false during shutdown.
+		<-proxyDone
+		<-xdsDone
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 2*time.Second)
 		defer cancel()
 		return admin.Shutdown(sctx)
@@ -209,15 +224,6 @@ func (c Config) node() *corev3.Node {
 		"namespace": c.Namespace,
 	})
 	return &corev3.Node{Id: c.NodeID(), Cluster: c.Namespace, Metadata: md, UserAgentName: "verge-proxy"}
-}
-
-// backoff returns the wait before attempt n (0-based): exponential from 200 ms,
-// capped at 5 s, with full jitter so that many proxies restarting together do
-// not hit the control plane in step.
-func backoff(n int) time.Duration {
-	d := 200 * time.Millisecond << min(n, 5)
-	d = min(d, 5*time.Second)
-	return time.Duration(rand.Int64N(int64(d)) + int64(d)/2)
 }
 
 func itoa(n int32) string { return strconv.Itoa(int(n)) }

@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -18,13 +17,18 @@ import (
 const DefaultServer = "http://127.0.0.1:7700"
 
 // NewCommand returns the `proxy` command shared by verge and verge-proxy.
-func NewCommand() *cobra.Command {
+// defaultServer is the --server default that main read from VERGE_SERVER
+// (the command reads no environment itself); empty means DefaultServer.
+func NewCommand(defaultServer string) *cobra.Command {
+	if defaultServer == "" {
+		defaultServer = DefaultServer
+	}
 	var (
 		cfg                  Config
 		labels               []string
 		inbound, outbound    []string
 		logFormat, logLevel  string
-		drain                time.Duration
+		drain, drainDelay    time.Duration
 		serverFlag, nameFlag string
 		outboundAddr         string
 	)
@@ -43,11 +47,9 @@ inbound traffic on --inbound ports and its outbound calls on --outbound ports.`,
 				return err
 			}
 			cfg.Server = serverFlag
-			if cfg.Server == "" {
-				cfg.Server = DefaultServer
-			}
 			cfg.Name = nameFlag
 			cfg.Proxy.DrainTimeout = drain
+			cfg.Proxy.DrainDelay = drainDelay
 			var errs []error
 			if cfg.Labels, err = parseLabels(labels); err != nil {
 				errs = append(errs, err)
@@ -74,7 +76,7 @@ inbound traffic on --inbound ports and its outbound calls on --outbound ports.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&serverFlag, "server", os.Getenv("VERGE_SERVER"), "control plane REST API URL (env VERGE_SERVER, default "+DefaultServer+")")
+	f.StringVar(&serverFlag, "server", defaultServer, "control plane REST API URL (default from VERGE_SERVER)")
 	f.StringVar(&cfg.XDSAddr, "xds-addr", "127.0.0.1:7701", "control plane xDS address")
 	f.StringVar(&nameFlag, "name", "", "workload name (required)")
 	f.StringVarP(&cfg.Namespace, "namespace", "n", "default", "workload namespace")
@@ -89,6 +91,7 @@ inbound traffic on --inbound ports and its outbound calls on --outbound ports.`,
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:9901", "admin listener: /ready, /stats/prometheus, /config_dump, /debug/pprof/")
 	f.StringVar(&cfg.DataDir, "data-dir", "./verge-proxy-data", "directory for the last accepted configuration")
 	f.DurationVar(&drain, "drain-timeout", 10*time.Second, "how long in-flight requests may finish on shutdown")
+	f.DurationVar(&drainDelay, "drain-delay", 2*time.Second, "on shutdown, how long the proxy keeps accepting after reporting not ready, so that peers learn to stop sending first")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"verge.dev/verge/internal/proxy/backoff"
 )
 
 // workload mirrors the fields of v1alpha1.Workload that the agent writes; see
@@ -84,6 +87,11 @@ const (
 	probeEvery   = time.Second
 	reportEvery  = 30 * time.Second
 	probeTimeout = time.Second
+	// leaveTimeout bounds the not-ready report sent on shutdown.
+	leaveTimeout = 2 * time.Second
+	// Registration retries back off between these bounds.
+	registerRetryBase = 200 * time.Millisecond
+	registerRetryMax  = 5 * time.Second
 )
 
 // registrar registers the workload and keeps the control plane told of the
@@ -101,8 +109,11 @@ func (r *registrar) run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	// Run has released everything when it returns, kept-alive
+	// connections to the control plane included.
+	defer r.http.CloseIdleConnections()
 	registered := false
-	attempt := 0
+	retry := backoff.Backoff{Base: registerRetryBase, Max: registerRetryMax}
 	var lastReady *bool
 	var lastReport time.Time
 	wasConnected := false
@@ -111,6 +122,9 @@ func (r *registrar) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if registered {
+				r.reportLeaving(ctx)
+			}
 			return nil
 		case <-t.C:
 		}
@@ -118,13 +132,12 @@ func (r *registrar) run(ctx context.Context) error {
 		if !registered {
 			if err := r.register(ctx); err != nil {
 				r.log.Warn("workload registration failed", "error", err)
-				wait = backoff(attempt)
-				attempt++
-				t.Reset(wait)
+				t.Reset(retry.Next())
 				continue
 			}
 			r.log.Info("workload registered")
-			registered, attempt, lastReady = true, 0, nil
+			registered, lastReady = true, nil
+			retry.Reset()
 		}
 		ready := r.probe(ctx)
 		connected := r.connected()
@@ -132,7 +145,7 @@ func (r *registrar) run(ctx context.Context) error {
 		wasConnected = connected
 		if lastReady == nil || *lastReady != ready || reconnected || time.Since(lastReport) >= reportEvery {
 			switch err := r.report(ctx, ready); {
-			case err == errUnknownWorkload:
+			case errors.Is(err, errUnknownWorkload):
 				// The workload was deleted (or the store lost it): register again.
 				registered = false
 				wait = 0
@@ -149,7 +162,23 @@ func (r *registrar) run(ctx context.Context) error {
 	}
 }
 
-var errUnknownWorkload = fmt.Errorf("workload unknown to the control plane")
+// reportLeaving tells the control plane, as the proxy starts shutting
+// down, that the workload is no longer ready, so that peers stop being sent
+// to it before its listeners close. ctx has ended; the report gets its own
+// short deadline.
+func (r *registrar) reportLeaving(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaveTimeout)
+	defer cancel()
+	if err := r.report(ctx, false); err != nil {
+		r.log.Warn("readiness report failed", "ready", false, "error", err)
+		return
+	}
+	r.log.Info("readiness reported", "ready", false)
+}
+
+// errUnknownWorkload is a readiness report refused because the control
+// plane has no such workload.
+var errUnknownWorkload = errors.New("agent: workload unknown to the control plane")
 
 func (r *registrar) register(ctx context.Context) error {
 	body, err := json.Marshal(r.cfg.workload())

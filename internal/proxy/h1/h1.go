@@ -39,8 +39,11 @@ type Decision struct {
 	// Timeout bounds the whole exchange with the upstream; zero means none.
 	Timeout time.Duration
 	// Done, if set, is called exactly once when the exchange ends, with the
-	// response status (0 if none was received) and the error, if any. Used for
-	// least-request accounting and metrics.
+	// status of the response the client was sent (the upstream's, or the
+	// proxy's own reply when the exchange failed before a response head
+	// arrived; 0 if nothing was sent) and the error, if any. Used for
+	// least-request accounting and metrics, which so count what the client
+	// saw.
 	Done func(status int, err error)
 }
 

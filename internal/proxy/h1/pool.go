@@ -18,8 +18,9 @@ type PoolConfig struct {
 	// address (256).
 	MaxIdlePerAddr int
 	// IdleTimeout is how long an idle connection may be reused (90s).
-	// Expired connections are closed lazily, when the pool next touches
-	// their address or on Close; the pool starts no goroutine.
+	// Expired connections are closed when the pool next touches their
+	// address, by CloseExpired, or on Close; the pool starts no goroutine,
+	// so its owner calls CloseExpired periodically.
 	IdleTimeout time.Duration
 	// DialTimeout bounds connecting (5s). An exchange's own deadline, if
 	// earlier, wins.
@@ -37,10 +38,13 @@ type PoolConfig struct {
 type Pool struct {
 	cfg PoolConfig
 
-	// mu guards closed and idle. No I/O happens under it.
+	// mu guards closed, idle and retained. No I/O happens under it.
 	mu     sync.Mutex
 	closed bool
 	idle   map[string]*idleStack
+	// retained, once Retain was called, holds the addresses whose
+	// connections may be kept idle.
+	retained map[string]struct{}
 }
 
 type idleStack struct {
@@ -88,6 +92,55 @@ func (p *Pool) Close() {
 		for _, uc := range s.conns {
 			p.discard(uc)
 		}
+	}
+}
+
+// Retain closes the idle connections to every address not in keep and
+// forgets those addresses, so that endpoints that left the configuration
+// hold no sockets. Connections in use finish their exchange; from now on a
+// connection to an address outside keep is closed instead of kept idle. The
+// pool keeps keep: the caller must not modify it afterwards.
+func (p *Pool) Retain(keep map[string]struct{}) {
+	var gone []*upConn
+	p.mu.Lock()
+	p.retained = keep
+	for addr, s := range p.idle {
+		if _, ok := keep[addr]; ok && len(s.conns) > 0 {
+			continue
+		}
+		gone = append(gone, s.conns...)
+		delete(p.idle, addr)
+	}
+	p.mu.Unlock()
+	for _, uc := range gone {
+		p.discard(uc)
+	}
+}
+
+// CloseExpired closes the idle connections older than IdleTimeout and
+// forgets addresses left with none. Without it, an address no request
+// reaches any more would keep its expired connections open.
+func (p *Pool) CloseExpired() {
+	now := time.Now()
+	var gone []*upConn
+	p.mu.Lock()
+	for addr, s := range p.idle {
+		// Oldest first: the expired connections are a prefix.
+		i := 0
+		for i < len(s.conns) && now.Sub(s.conns[i].idleAt) > p.cfg.IdleTimeout {
+			i++
+		}
+		gone = append(gone, s.conns[:i]...)
+		n := copy(s.conns, s.conns[i:])
+		clear(s.conns[n:])
+		s.conns = s.conns[:n]
+		if n == 0 {
+			delete(p.idle, addr)
+		}
+	}
+	p.mu.Unlock()
+	for _, uc := range gone {
+		p.discard(uc)
 	}
 }
 
@@ -153,7 +206,8 @@ func (p *Pool) put(addr string, uc *upConn) {
 	uc.idleAt = now
 	var stale *upConn
 	p.mu.Lock()
-	if p.closed {
+	_, kept := p.retained[addr]
+	if p.closed || (p.retained != nil && !kept) {
 		p.mu.Unlock()
 		p.discard(uc)
 		return
@@ -192,6 +246,13 @@ func (p *Pool) discard(uc *upConn) {
 	putReader(uc.br)
 	putWriter(uc.bw)
 	uc.br, uc.bw = nil, nil
+}
+
+// addrCount reports how many addresses the pool has state for (tests).
+func (p *Pool) addrCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle)
 }
 
 // idleCount reports the idle connections kept for addr (tests).

@@ -81,3 +81,62 @@ func TestPool(t *testing.T) {
 		}
 	})
 }
+
+func TestPoolRetainAndCloseExpired(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &pipeDialer{}
+		p := NewPool(PoolConfig{MaxIdlePerAddr: 4, IdleTimeout: time.Minute, Dial: d.dial})
+		defer p.Close()
+		idle := func(addr string) {
+			t.Helper()
+			uc, _, err := p.get(addr, time.Time{}, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.put(addr, uc)
+		}
+		idle("a:80") // far end 0
+		idle("b:80") // 1
+		idle("b:80") // 2: a fresh dial, so b holds two
+
+		p.Retain(map[string]struct{}{"a:80": {}, "c:80": {}})
+		if !d.closed(1) || !d.closed(2) || d.closed(0) {
+			t.Error("Retain(a, c) must close exactly b's idle connections")
+		}
+		if got := p.addrCount(); got != 1 {
+			t.Errorf("addresses after Retain = %d, want 1", got)
+		}
+
+		time.Sleep(30 * time.Second)
+		idle("c:80") // 3, newer than a's
+		time.Sleep(45 * time.Second)
+		p.CloseExpired()
+		if !d.closed(0) || d.closed(3) {
+			t.Error("CloseExpired must close a's expired connection and keep c's")
+		}
+		if got, want := p.addrCount(), 1; got != want {
+			t.Errorf("addresses after CloseExpired = %d, want %d", got, want)
+		}
+		if got := p.idleCount("c:80"); got != 1 {
+			t.Errorf("idle connections to c = %d, want 1", got)
+		}
+	})
+}
+
+func TestPoolRetainRefusesDeparted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &pipeDialer{}
+		p := NewPool(PoolConfig{Dial: d.dial})
+		defer p.Close()
+		uc, _, err := p.get("gone:80", time.Time{}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The address leaves while its connection is in use.
+		p.Retain(map[string]struct{}{"kept:80": {}})
+		p.put("gone:80", uc)
+		if !d.closed(0) || p.addrCount() != 0 {
+			t.Error("a connection given back to a departed address must be closed")
+		}
+	})
+}

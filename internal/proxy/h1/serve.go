@@ -232,7 +232,7 @@ func (cs *conn) serve() error {
 		cs.head = head
 		if err != nil {
 			if se, ok := errors.AsType[*statusError](err); ok {
-				_ = cs.writeLocal(se.status, localBody(se.status), true, false)
+				_ = cs.writeLocal(se.status, LocalBody(se.status), true, false)
 			} else if len(head) == 0 {
 				return nil // only empty lines before the client closed
 			}
@@ -244,7 +244,7 @@ func (cs *conn) serve() error {
 		}
 		if err := parseRequestHead(head, &cs.rh); err != nil {
 			status := errorStatus(err)
-			_ = cs.writeLocal(status, localBody(status), true, false)
+			_ = cs.writeLocal(status, LocalBody(status), true, false)
 			return fmt.Errorf("parse request head: %w", err)
 		}
 		if cs.rh.upgrade || string(cs.rh.method) == "CONNECT" {
@@ -255,7 +255,7 @@ func (cs *conn) serve() error {
 				return ErrUpgrade
 			}
 			if string(cs.rh.method) == "CONNECT" {
-				_ = cs.writeLocal(http.StatusNotImplemented, localBody(http.StatusNotImplemented), true, false)
+				_ = cs.writeLocal(http.StatusNotImplemented, LocalBody(http.StatusNotImplemented), true, false)
 				return nil
 			}
 		}
@@ -283,7 +283,7 @@ func (cs *conn) handle() (keep bool, err error) {
 		}
 		// An unread body would be taken for the next request: close.
 		keep = !rh.close && !rh.hasBody() && !cs.draining.Load()
-		err = cs.writeLocal(status, localBody(status), !keep, isHead(rh.method))
+		err = cs.writeLocal(status, LocalBody(status), !keep, isHead(rh.method))
 		if d.Done != nil {
 			d.Done(status, nil)
 		}
@@ -312,7 +312,8 @@ func (cs *conn) handle() (keep bool, err error) {
 }
 
 // exchange forwards the current request to d.Addr and relays the response.
-// It returns the upstream's status (0 if none arrived), whether the
+// It returns the status sent downstream (the upstream's or a local reply's,
+// 0 if none was sent), whether the
 // downstream connection may be kept, and the exchange's error.
 func (cs *conn) exchange(d *Decision, deadline time.Time) (status int, keep bool, err error) {
 	rh := &cs.rh
@@ -376,8 +377,11 @@ func (cs *conn) exchange(d *Decision, deadline time.Time) (status int, keep bool
 			if isTimeout(rerr) {
 				status = http.StatusRequestTimeout
 			}
-			_ = cs.writeLocal(status, localBody(status), true, false)
-			return 0, false, fmt.Errorf("read request body: %w", rerr)
+			sent := 0
+			if cs.writeLocal(status, LocalBody(status), true, false) == nil {
+				sent = status
+			}
+			return sent, false, fmt.Errorf("read request body: %w", rerr)
 		}
 		if werr == nil {
 			var head []byte
@@ -411,13 +415,14 @@ func (cs *conn) exchange(d *Decision, deadline time.Time) (status int, keep bool
 	return cs.relay(d, uc)
 }
 
-// fail answers locally for an exchange that got no response head.
+// fail answers locally for an exchange that got no response head, and
+// returns the status sent (0 if the reply could not be written).
 func (cs *conn) fail(status int, bodyDone bool, err error) (int, bool, error) {
 	keep := bodyDone && !cs.rh.close && !cs.draining.Load()
-	if werr := cs.writeLocal(status, localBody(status), !keep, isHead(cs.rh.method)); werr != nil {
-		keep = false
+	if werr := cs.writeLocal(status, LocalBody(status), !keep, isHead(cs.rh.method)); werr != nil {
+		return 0, false, err
 	}
-	return 0, keep, err
+	return status, keep, err
 }
 
 // relay sends the response whose head is in cs.rsp back downstream.
@@ -634,8 +639,11 @@ func (cs *conn) writeLocal(status int, body string, closeConn, head bool) error 
 	return bw.Flush()
 }
 
-// localBody is the small fixed body of a reply the proxy makes itself.
-func localBody(status int) string {
+// LocalBody is the small fixed body of a reply the proxy makes itself. It
+// is the one table of such bodies: package proxy's net/http path answers
+// with it too, so that a client sees the same words whichever path served
+// it.
+func LocalBody(status int) string {
 	switch status {
 	case http.StatusNotFound:
 		return "no route\n"

@@ -560,10 +560,11 @@ func TestServeMalformed(t *testing.T) {
 			expectEOF(t, br)
 		})
 	}
-	// Only the bad chunk reached the router (its head was fine).
+	// Only the bad chunk reached the router (its head was fine); Done
+	// reports the 400 the client got.
 	dones := router.waitDones(t, 1)
-	if dones[0].Status != 0 || !dones[0].Err {
-		t.Errorf("Done for bad chunk = %+v, want status 0 with error", dones[0])
+	if dones[0].Status != 400 || !dones[0].Err {
+		t.Errorf("Done for bad chunk = %+v, want status 400 with error", dones[0])
 	}
 }
 
@@ -657,7 +658,7 @@ func TestServeUpstreamFailures(t *testing.T) {
 			t.Errorf("POST on stale connection: status %d close %v, want 502 kept alive", resp.StatusCode, resp.Close)
 		}
 		dones := router.waitDones(t, 4)
-		want := []done{{200, false}, {200, false}, {200, false}, {0, true}}
+		want := []done{{200, false}, {200, false}, {200, false}, {502, true}}
 		if diff := cmp.Diff(want, dones); diff != "" {
 			t.Errorf("Done calls mismatch (-want +got):\n%s", diff)
 		}
@@ -669,8 +670,8 @@ func TestServeUpstreamFailures(t *testing.T) {
 		wantCode int
 		wantDone done
 	}{
-		{"connect refused", &testRouter{addr: refused}, 503, done{0, true}},
-		{"timeout", &testRouter{addr: slow.addr(), timeout: 50 * time.Millisecond}, 504, done{0, true}},
+		{"connect refused", &testRouter{addr: refused}, 503, done{503, true}},
+		{"timeout", &testRouter{addr: slow.addr(), timeout: 50 * time.Millisecond}, 504, done{504, true}},
 		{"no route", &testRouter{status: 0}, 404, done{404, false}},
 		{"no healthy upstream", &testRouter{status: 503}, 503, done{503, false}},
 	}

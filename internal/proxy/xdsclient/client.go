@@ -42,7 +42,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -58,6 +57,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 
+	"verge.dev/verge/internal/proxy/backoff"
 	"verge.dev/verge/internal/proxy/config"
 )
 
@@ -234,7 +234,7 @@ func (c *Client) Run(ctx context.Context) error {
 
 	s := newSession(c, out)
 	defer s.stopTimers()
-	var bo backoff
+	bo := backoff.Backoff{Base: backoffBase, Max: backoffMax}
 	for {
 		gotResponse, err := s.runStream(ctx, discoveryv3.NewAggregatedDiscoveryServiceClient(conn))
 		c.setConnected(false)
@@ -242,9 +242,9 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		if gotResponse {
-			bo.reset()
+			bo.Reset()
 		}
-		wait := bo.next()
+		wait := bo.Next()
 		c.logger.Warn("xds stream ended", "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
@@ -275,22 +275,6 @@ func (c *Client) recordNACK(n *NACK) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.status.LastNACK = n
-}
-
-// backoff is exponential with "equal jitter": half the delay is fixed, half
-// random, so reconnecting proxies spread out but never retry at once.
-type backoff struct{ attempt int }
-
-func (b *backoff) reset() { b.attempt = 0 }
-
-func (b *backoff) next() time.Duration {
-	d := backoffMax
-	if b.attempt < 8 {
-		d = min(backoffBase<<b.attempt, backoffMax)
-	}
-	b.attempt++
-	half := d / 2
-	return half + rand.N(half+1)
 }
 
 // typeState is what the client holds for one resource type. The accepted
