@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +32,7 @@ func NewCommand(defaultServer string) *cobra.Command {
 		drain, drainDelay    time.Duration
 		serverFlag, nameFlag string
 		outboundAddr         string
+		concurrency          int
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -45,6 +47,12 @@ inbound traffic on --inbound ports and its outbound calls on --outbound ports.`,
 			logger, err := logging.New(cmd.ErrOrStderr(), logFormat, logLevel)
 			if err != nil {
 				return err
+			}
+			if concurrency < 0 {
+				return fmt.Errorf("--concurrency %d: must be 0 (all cores) or more", concurrency)
+			}
+			if concurrency > 0 {
+				runtime.GOMAXPROCS(concurrency)
 			}
 			cfg.Server = serverFlag
 			cfg.Name = nameFlag
@@ -90,6 +98,7 @@ inbound traffic on --inbound ports and its outbound calls on --outbound ports.`,
 	f.StringVar(&cfg.ReadinessPath, "readiness-path", "", "HTTP path probed for readiness (default: TCP connect)")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:9901", "admin listener: /ready, /stats/prometheus, /config_dump, /debug/pprof/")
 	f.StringVar(&cfg.DataDir, "data-dir", "./verge-proxy-data", "directory for the last accepted configuration")
+	f.IntVar(&concurrency, "concurrency", 0, "OS threads running Go code at once (GOMAXPROCS); 0 means one per core")
 	f.DurationVar(&drain, "drain-timeout", 10*time.Second, "how long in-flight requests may finish on shutdown")
 	f.DurationVar(&drainDelay, "drain-delay", 2*time.Second, "on shutdown, how long the proxy keeps accepting after reporting not ready, so that peers learn to stop sending first")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
