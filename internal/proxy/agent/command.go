@@ -98,7 +98,7 @@ inbound traffic on --inbound ports and its outbound calls on --outbound ports.`,
 	f.StringVar(&cfg.ReadinessPath, "readiness-path", "", "HTTP path probed for readiness (default: TCP connect)")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:9901", "admin listener: /ready, /stats/prometheus, /config_dump, /debug/pprof/")
 	f.StringVar(&cfg.DataDir, "data-dir", "./verge-proxy-data", "directory for the last accepted configuration")
-	f.IntVar(&concurrency, "concurrency", 0, "OS threads running Go code at once (GOMAXPROCS); 0 means one per core")
+	f.IntVar(&concurrency, "concurrency", 1, "OS threads running Go code at once (GOMAXPROCS): 1 suits a sidecar, 0 means one per core (node mode, gateways)")
 	f.DurationVar(&drain, "drain-timeout", 10*time.Second, "how long in-flight requests may finish on shutdown")
 	f.DurationVar(&drainDelay, "drain-delay", 2*time.Second, "on shutdown, how long the proxy keeps accepting after reporting not ready, so that peers learn to stop sending first")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
