@@ -269,30 +269,21 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 // A replace that changes nothing writes nothing and keeps the
 // resourceVersion, so applying the same file twice is a no-op.
 func (s *Server) replace(w http.ResponseWriter, r *http.Request) {
-	k, err := kindOf(r)
-	if err != nil {
-		s.writeError(w, r, target{}, err)
-		return
-	}
-	ns, name := r.PathValue("ns"), r.PathValue("name")
-	t := target{kind: k, name: name}
-	dry, err := dryRun(r)
+	t, ns, dry, err := itemRequest(r)
 	if err != nil {
 		s.writeError(w, r, t, err)
 		return
 	}
+	k, name := t.kind, t.name
 	obj, err := s.admit(w, r, k, ns, name)
 	if err != nil {
 		s.writeError(w, r, t, err)
 		return
 	}
-	var wantRev int64
-	if rv := obj.GetResourceVersion(); rv != "" {
-		wantRev, err = strconv.ParseInt(rv, 10, 64)
-		if err != nil || wantRev <= 0 {
-			s.writeError(w, r, t, badRequest("invalid metadata.resourceVersion %q: must be a positive integer", rv))
-			return
-		}
+	wantRev, err := precondition("metadata.resourceVersion", obj.GetResourceVersion())
+	if err != nil {
+		s.writeError(w, r, t, err)
+		return
 	}
 	key := Key(k, ns, name)
 	ctx := r.Context()
@@ -361,25 +352,16 @@ func (s *Server) replace(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
-	k, err := kindOf(r)
-	if err != nil {
-		s.writeError(w, r, target{}, err)
-		return
-	}
-	ns, name := r.PathValue("ns"), r.PathValue("name")
-	t := target{kind: k, name: name}
-	dry, err := dryRun(r)
+	t, ns, dry, err := itemRequest(r)
 	if err != nil {
 		s.writeError(w, r, t, err)
 		return
 	}
-	var wantRev int64
-	if rv := r.URL.Query().Get("resourceVersion"); rv != "" {
-		wantRev, err = strconv.ParseInt(rv, 10, 64)
-		if err != nil || wantRev <= 0 {
-			s.writeError(w, r, t, badRequest("invalid resourceVersion %q: must be a positive integer", rv))
-			return
-		}
+	k, name := t.kind, t.name
+	wantRev, err := precondition("resourceVersion", r.URL.Query().Get("resourceVersion"))
+	if err != nil {
+		s.writeError(w, r, t, err)
+		return
 	}
 	key := Key(k, ns, name)
 	if dry {
@@ -401,6 +383,32 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		Code:     http.StatusOK,
 		Details:  &metav1.StatusDetails{Name: name, Group: k.Group, Kind: k.Plural},
 	})
+}
+
+// itemRequest reads what a write to one object needs from its request: the
+// target (kind and name), the namespace and ?dryRun. On error, t is the
+// target to report the error against (empty when the kind is unknown).
+func itemRequest(r *http.Request) (t target, ns string, dry bool, err error) {
+	k, err := kindOf(r)
+	if err != nil {
+		return target{}, "", false, err
+	}
+	t = target{kind: k, name: r.PathValue("name")}
+	dry, err = dryRun(r)
+	return t, r.PathValue("ns"), dry, err
+}
+
+// precondition parses the resourceVersion a write is conditional on; "" is
+// none (0). what names where it came from in the error.
+func precondition(what, rv string) (int64, error) {
+	if rv == "" {
+		return 0, nil
+	}
+	rev, err := strconv.ParseInt(rv, 10, 64)
+	if err != nil || rev <= 0 {
+		return 0, badRequest("invalid %s %q: must be a positive integer", what, rv)
+	}
+	return rev, nil
 }
 
 // stampNew sets the metadata the server owns on a new object.
