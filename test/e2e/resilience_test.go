@@ -94,6 +94,17 @@ func TestHealthRemoval(t *testing.T) {
 			}
 			return nil
 		})
+
+		// The application answers again: v3 comes back into rotation.
+		httpServer(t, h.addr(8080), "v3")
+		eventually(t, 20*time.Second, func() error {
+			for range 60 {
+				if _, body, _ := get(c, f.url+"/"); strings.HasPrefix(body, "v3") {
+					return nil
+				}
+			}
+			return fmt.Errorf("ready again, but v3 not back in rotation")
+		})
 	})
 }
 
