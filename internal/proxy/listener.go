@@ -166,30 +166,42 @@ func (l *httpListener) h1Eligible() bool {
 // engine or to net/http.
 func (l *httpListener) serve(ctx context.Context) {
 	defer close(l.accepted)
+	acceptLoop(ctx, l.ln, l.p.log, func() string { return l.cfg.Load().Name }, func(c net.Conn) bool {
+		if !l.track(c) {
+			_ = c.Close()
+			return false
+		}
+		l.conns.Go(func() { l.dispatch(ctx, c) })
+		return true
+	})
+}
+
+// acceptLoop accepts on ln until it is closed, ctx ends or handle returns
+// false. Temporary failures (out of file descriptors and the like) back off
+// from 5 ms to 1 s, as net/http does. HTTP and TCP listeners share it.
+func acceptLoop(ctx context.Context, ln net.Listener, log *slog.Logger, name func() string, handle func(net.Conn) bool) {
 	var tempDelay time.Duration
 	for {
-		c, err := l.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-				break
+				return
 			}
-			// Out of file descriptors and the like: back off, as net/http does.
 			tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-			l.p.log.Warn("accept failed", "listener", l.cfg.Load().Name, "error", err)
+			log.Warn("accept failed", "listener", name(), "error", err)
 			t := time.NewTimer(tempDelay)
 			select {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
+				return
 			}
 			continue
 		}
 		tempDelay = 0
-		if !l.track(c) {
-			_ = c.Close()
-			break
+		if !handle(c) {
+			return
 		}
-		l.conns.Go(func() { l.dispatch(ctx, c) })
 	}
 }
 

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -41,39 +40,21 @@ func (l *tcpListener) closeSocket()                  { _ = l.ln.Close() }
 
 func (l *tcpListener) serve(ctx context.Context) {
 	defer close(l.accepted)
-	var tempDelay time.Duration
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-				return
-			}
-			// Out of file descriptors and the like: back off, as net/http does.
-			tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-			l.p.log.Warn("accept failed", "listener", l.cfg.Load().Name, "error", err)
-			t := time.NewTimer(tempDelay)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return
-			}
-			continue
-		}
-		tempDelay = 0
+	acceptLoop(ctx, l.ln, l.p.log, func() string { return l.cfg.Load().Name }, func(c net.Conn) bool {
 		// A drain lets connections finish: only its deadline, through
 		// cancel, ends their context.
 		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		if !l.track(c, cancel) {
 			cancel()
 			_ = c.Close()
-			return
+			return false
 		}
 		l.wg.Go(func() {
 			defer cancel()
 			l.handle(cctx, c)
 		})
-	}
+		return true
+	})
 }
 
 // track registers c for the drain deadline; false means the listener is
