@@ -257,20 +257,11 @@ func (r *Registry) Mesh() (m translate.Mesh, ok bool) {
 	m.Health = map[string]translate.Health{}
 	for _, objs := range r.objs {
 		for _, o := range objs {
-			switch o := o.(type) {
-			case *v1alpha1.Service:
-				m.Services = append(m.Services, o)
-			case *v1alpha1.Workload:
-				m.Workloads = append(m.Workloads, o)
-				if h := r.healthLocked(o); h != translate.HealthUnknown {
-					m.Health[o.Namespace+"/"+o.Name] = h
+			m.Add(o)
+			if wl, ok := o.(*v1alpha1.Workload); ok {
+				if h := r.healthLocked(wl); h != translate.HealthUnknown {
+					m.Health[wl.Namespace+"/"+wl.Name] = h
 				}
-			case *v1alpha1.HTTPRoute:
-				m.HTTPRoutes = append(m.HTTPRoutes, o)
-			case *v1alpha1.GRPCRoute:
-				m.GRPCRoutes = append(m.GRPCRoutes, o)
-			case *v1alpha1.DestinationPolicy:
-				m.DestinationPolicies = append(m.DestinationPolicies, o)
 			}
 		}
 	}

@@ -33,18 +33,7 @@ func FuzzTranslate(f *testing.F) {
 			if len(v1alpha1.Validate(o)) > 0 {
 				return
 			}
-			switch o := o.(type) {
-			case *v1alpha1.Service:
-				m.Services = append(m.Services, o)
-			case *v1alpha1.Workload:
-				m.Workloads = append(m.Workloads, o)
-			case *v1alpha1.HTTPRoute:
-				m.HTTPRoutes = append(m.HTTPRoutes, o)
-			case *v1alpha1.GRPCRoute:
-				m.GRPCRoutes = append(m.GRPCRoutes, o)
-			case *v1alpha1.DestinationPolicy:
-				m.DestinationPolicies = append(m.DestinationPolicies, o)
-			}
+			m.Add(o)
 		}
 		ix := NewIndex(m)
 		if err := ix.ForProxyless().Validate(); err != nil {

@@ -73,18 +73,7 @@ func loadMesh(t *testing.T, dir string) Mesh {
 		if errs := v1alpha1.Validate(o); len(errs) > 0 {
 			t.Fatalf("%s %s/%s is invalid: %v", o.GetObjectKind().GroupVersionKind().Kind, o.GetNamespace(), o.GetName(), errs.ToAggregate())
 		}
-		switch o := o.(type) {
-		case *v1alpha1.Service:
-			m.Services = append(m.Services, o)
-		case *v1alpha1.Workload:
-			m.Workloads = append(m.Workloads, o)
-		case *v1alpha1.HTTPRoute:
-			m.HTTPRoutes = append(m.HTTPRoutes, o)
-		case *v1alpha1.GRPCRoute:
-			m.GRPCRoutes = append(m.GRPCRoutes, o)
-		case *v1alpha1.DestinationPolicy:
-			m.DestinationPolicies = append(m.DestinationPolicies, o)
-		default:
+		if !m.Add(o) {
 			t.Fatalf("unexpected %T in %s", o, dir)
 		}
 	}

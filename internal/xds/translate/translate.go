@@ -58,3 +58,24 @@ type Resources struct {
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
 }
+
+// Add appends o to the list of its kind and reports whether Mesh has one,
+// so that every producer of a Mesh (the registry, tests) sorts objects by
+// kind in one place.
+func (m *Mesh) Add(o v1alpha1.Object) bool {
+	switch o := o.(type) {
+	case *v1alpha1.Service:
+		m.Services = append(m.Services, o)
+	case *v1alpha1.Workload:
+		m.Workloads = append(m.Workloads, o)
+	case *v1alpha1.HTTPRoute:
+		m.HTTPRoutes = append(m.HTTPRoutes, o)
+	case *v1alpha1.GRPCRoute:
+		m.GRPCRoutes = append(m.GRPCRoutes, o)
+	case *v1alpha1.DestinationPolicy:
+		m.DestinationPolicies = append(m.DestinationPolicies, o)
+	default:
+		return false
+	}
+	return true
+}
