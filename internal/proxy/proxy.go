@@ -11,7 +11,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"verge.dev/verge/internal/proxy/authz"
 	"verge.dev/verge/internal/proxy/backoff"
 	"verge.dev/verge/internal/proxy/balancer"
 	"verge.dev/verge/internal/proxy/config"
@@ -62,6 +65,15 @@ type Config struct {
 	// DisableH1FastPath serves HTTP/1.1 with net/http even where the h1
 	// engine could carry it.
 	DisableH1FastPath bool
+	// SVID and Bundle are the proxy's own identity and the mesh's trust
+	// bundle for mutual TLS (proxy/svid implements both; they may change at
+	// any time, and every new handshake reads the current ones). Nil means
+	// no identity: TLS listeners refuse connections and TLS endpoints are
+	// not dialled, each logged.
+	SVID   x509svid.Source
+	Bundle x509bundle.Source
+	// Authz records authorization decisions; nil: counted nowhere.
+	Authz *authz.Recorder
 }
 
 func (c Config) withDefaults() Config {

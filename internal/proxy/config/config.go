@@ -7,6 +7,8 @@ package config
 import (
 	"regexp"
 	"time"
+
+	"verge.dev/verge/internal/proxy/authz"
 )
 
 // Snapshot is one complete, consistent configuration. It is immutable once
@@ -19,6 +21,65 @@ type Snapshot struct {
 	Routes map[string]*RouteTable
 	// Clusters by name, with endpoints merged in from EDS.
 	Clusters map[string]*Cluster
+	// Secrets are the SDS secrets the control plane sent, by name (the trust
+	// bundle, SecretTrustBundle). The proxy's own certificate is never among
+	// them: its key is made in the proxy and the secret SecretIdentity is
+	// served by the proxy's local identity source (proxy/svid).
+	Secrets map[string]*Secret
+}
+
+// Names of the SDS secrets listeners and clusters reference (Istio's names,
+// which Envoy sidecars under Istio-style agents also use).
+const (
+	// SecretIdentity is the workload's own SVID, supplied locally.
+	SecretIdentity = "default"
+	// SecretTrustBundle is the mesh's trust bundle, sent over ADS.
+	SecretTrustBundle = "ROOTCA"
+)
+
+// Secret is one SDS secret the proxy accepted: a validation context (the
+// trusted root certificates, DER). TrustDomain is the SPIFFE trust domain the
+// roots speak for ("verge.local").
+type Secret struct {
+	Name        string
+	TrustDomain string
+	Roots       [][]byte
+}
+
+// TLSMode says what an inbound listener accepts.
+type TLSMode int
+
+const (
+	// TLSDisabled: plaintext only (no TLS context on the listener).
+	TLSDisabled TLSMode = iota
+	// TLSStrict: mutual TLS only; a plaintext connection is closed.
+	TLSStrict
+	// TLSPermissive: mutual TLS and plaintext, told apart by the first
+	// bytes of the connection (a TLS ClientHello or not).
+	TLSPermissive
+)
+
+// DownstreamTLS is an inbound listener's mutual TLS: the proxy presents
+// CertSecret and requires a client certificate that chains to CASecret.
+type DownstreamTLS struct {
+	Mode       TLSMode
+	CertSecret string
+	CASecret   string
+	// ALPN the listener offers, in order ("h2" for HTTP listeners).
+	ALPN []string
+}
+
+// UpstreamTLS is how a cluster's TLS endpoints are reached: mutual TLS with
+// CertSecret, the peer verified against CASecret and, when PeerIDs is not
+// empty, required to be one of those SPIFFE IDs.
+type UpstreamTLS struct {
+	CertSecret string
+	CASecret   string
+	PeerIDs    []string
+	// ALPN offered ("h2" for HTTP clusters: HTTP/1.1 from the application
+	// is carried as HTTP/2 between proxies).
+	ALPN []string
+	SNI  string
 }
 
 // ListenerKind says how a listener treats its connections.
@@ -44,6 +105,11 @@ type Listener struct {
 	Cluster string
 	// StatPrefix labels the listener's metrics.
 	StatPrefix string
+	// TLS is nil for plaintext listeners (outbound ones).
+	TLS *DownstreamTLS
+	// Authz is the listener's compiled authorization policy; nil allows
+	// every request and connection.
+	Authz *authz.Engine
 }
 
 // RouteTable is a route configuration: virtual hosts chosen by Host/:authority.
@@ -152,6 +218,9 @@ type Cluster struct {
 	// Endpoints are the healthy endpoints only; the data path never sees an
 	// unhealthy one.
 	Endpoints []Endpoint
+	// TLS is how endpoints whose TLS flag is set are reached; nil when none
+	// of the cluster's endpoints take TLS.
+	TLS *UpstreamTLS
 }
 
 // Endpoint is one upstream address.
@@ -159,4 +228,7 @@ type Endpoint struct {
 	// Address is host:port.
 	Address string
 	Weight  uint32
+	// TLS: the endpoint is a Verge proxy (or Envoy) reached with the
+	// cluster's UpstreamTLS; otherwise plaintext.
+	TLS bool
 }
