@@ -245,10 +245,13 @@ func convertListener(l *listenerv3.Listener) (*config.Listener, *config.RouteTab
 	var inline *config.RouteTable
 	filters := fc.GetFilters()
 	var errs []error
+	var authzFilters []*listenerv3.Filter
 	for i, f := range filters {
 		path := fmt.Sprintf("filter_chains[0].filters[%d]", i)
 		tc := f.GetTypedConfig()
 		switch {
+		case isAuthzNetworkFilter(f):
+			authzFilters = append(authzFilters, f)
 		case tc != nil && tc.MessageIs(&hcmv3.HttpConnectionManager{}):
 			hcm := &hcmv3.HttpConnectionManager{}
 			if err := tc.UnmarshalTo(hcm); err != nil {
@@ -291,8 +294,18 @@ func convertListener(l *listenerv3.Listener) (*config.Listener, *config.RouteTab
 	if len(errs) > 0 {
 		return nil, nil, wrap(errors.Join(errs...))
 	}
-	if len(filters) != 1 {
-		return nil, nil, wrap(fmt.Errorf("filter_chains[0].filters: want exactly 1 terminal filter, got %d", len(filters)))
+	if n := len(filters) - len(authzFilters); n != 1 {
+		return nil, nil, wrap(fmt.Errorf("filter_chains[0].filters: want exactly 1 terminal filter, got %d", n))
+	}
+	if len(authzFilters) > 0 {
+		if out.Kind != config.ListenerTCP {
+			return nil, nil, wrap(errors.New("filter_chains[0].filters: network RBAC is supported before tcp_proxy only"))
+		}
+		eng, err := compileAuthz(nil, authzFilters)
+		if err != nil {
+			return nil, nil, wrap(fmt.Errorf("filter_chains[0].filters%w", err))
+		}
+		out.Authz = eng
 	}
 	return out, inline, nil
 }
@@ -326,11 +339,14 @@ func convertHCMBody(hcm *hcmv3.HttpConnectionManager, out *config.Listener) (*co
 		return nil, errors.New(".codec_type: HTTP3 unsupported")
 	}
 	routerAt := -1
+	var authzFilters []*hcmv3.HttpFilter
 	for i, hf := range hcm.GetHttpFilters() {
 		tc := hf.GetTypedConfig()
 		isRouter := (tc != nil && tc.MessageIs(&routerv3.Router{})) ||
 			(tc == nil && hf.GetConfigDiscovery() == nil && hf.GetName() == routerFilterName)
 		switch {
+		case isAuthzHTTPFilter(hf):
+			authzFilters = append(authzFilters, hf)
 		case isRouter:
 			if routerAt >= 0 {
 				return nil, fmt.Errorf(".http_filters[%d]: duplicate router", i)
@@ -347,6 +363,13 @@ func convertHCMBody(hcm *hcmv3.HttpConnectionManager, out *config.Listener) (*co
 	}
 	if routerAt != len(hcm.GetHttpFilters())-1 {
 		return nil, fmt.Errorf(".http_filters[%d]: router must be the last filter", routerAt)
+	}
+	if len(authzFilters) > 0 {
+		eng, err := compileAuthz(authzFilters, nil)
+		if err != nil {
+			return nil, fmt.Errorf(".http_filters%w", err)
+		}
+		out.Authz = eng
 	}
 	switch rs := hcm.GetRouteSpecifier().(type) {
 	case *hcmv3.HttpConnectionManager_Rds:

@@ -51,7 +51,7 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 		p := inboundProtocol(selecting, wp.Port)
 		l := &listenerv3.Listener{Name: name, Address: socketAddress(wl.Spec.Address, wp.InboundPort)}
 		if p.IsHTTP() {
-			l.FilterChains = hcmChain("inbound_"+strconv.Itoa(int(wp.Port)), name)
+			l.FilterChains = hcmChain("inbound_"+strconv.Itoa(int(wp.Port)), name, ix.authzHTTPFilters(wl, wp.Port)...)
 			b.route(&routev3.RouteConfiguration{
 				Name: name,
 				VirtualHosts: []*routev3.VirtualHost{{
@@ -65,7 +65,7 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 				}},
 			})
 		} else {
-			l.FilterChains = tcpChain("inbound_"+strconv.Itoa(int(wp.Port)), name)
+			l.FilterChains = tcpChain("inbound_"+strconv.Itoa(int(wp.Port)), name, ix.authzNetworkFilters(wl, wp.Port)...)
 		}
 		b.listener(l)
 		b.cluster(ix.staticCluster(name, appAddr, wp.Port, p), nil)
@@ -139,8 +139,9 @@ func (ix *Index) ForProxyless() Resources {
 }
 
 // hcm is the HTTP connection manager of every HTTP listener: routes over ADS
-// (grpc-go accepts only ADS or self) and the router as the last filter.
-func hcm(statPrefix, routeConfig string) *hcmv3.HttpConnectionManager {
+// (grpc-go accepts only ADS or self), the given filters, and the router as
+// the last filter.
+func hcm(statPrefix, routeConfig string, filters ...*hcmv3.HttpFilter) *hcmv3.HttpConnectionManager {
 	return &hcmv3.HttpConnectionManager{
 		StatPrefix: statPrefix,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
@@ -148,28 +149,29 @@ func hcm(statPrefix, routeConfig string) *hcmv3.HttpConnectionManager {
 			ConfigSource:    ads(),
 			RouteConfigName: routeConfig,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{
+		HttpFilters: append(filters, &hcmv3.HttpFilter{
 			Name:       wellknown.Router,
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
-		}},
+		}),
 	}
 }
 
-func hcmChain(statPrefix, routeConfig string) []*listenerv3.FilterChain {
+func hcmChain(statPrefix, routeConfig string, httpFilters ...*hcmv3.HttpFilter) []*listenerv3.FilterChain {
 	return []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 		Name:       wellknown.HTTPConnectionManager,
-		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm(statPrefix, routeConfig))},
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm(statPrefix, routeConfig, httpFilters...))},
 	}}}}
 }
 
-func tcpChain(statPrefix, cluster string) []*listenerv3.FilterChain {
-	return []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+// tcpChain is tcp_proxy to cluster after the given network filters.
+func tcpChain(statPrefix, cluster string, filters ...*listenerv3.Filter) []*listenerv3.FilterChain {
+	return []*listenerv3.FilterChain{{Filters: append(filters, &listenerv3.Filter{
 		Name: wellknown.TCPProxy,
 		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpv3.TcpProxy{
 			StatPrefix:       statPrefix,
 			ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster},
 		})},
-	}}}}
+	})}}
 }
 
 // collector gathers one client's resources, unique by name (the first wins:
