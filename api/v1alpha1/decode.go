@@ -95,6 +95,10 @@ func KindOf(obj Object) (Kind, bool) {
 		name = "GRPCRoute"
 	case *DestinationPolicy:
 		name = "DestinationPolicy"
+	case *MeshTLS:
+		name = "MeshTLS"
+	case *AuthorizationPolicy:
+		name = "AuthorizationPolicy"
 	default:
 		return Kind{}, false
 	}

@@ -39,6 +39,8 @@ func Default(obj Object) {
 		defaultGRPCRoute(o)
 	case *DestinationPolicy:
 		defaultDestinationPolicy(o)
+	case *AuthorizationPolicy:
+		defaultAuthorizationPolicy(o)
 	}
 }
 

@@ -42,6 +42,14 @@ var Kinds = []Kind{
 			o.APIVersion, o.Kind = Group+"/"+Version, "DestinationPolicy"
 			return o
 		}},
+	{Group: Group, Version: Version, Kind: "MeshTLS", Plural: "meshtlses", Short: []string{"mtls"},
+		New: func() Object { o := &MeshTLS{}; o.APIVersion, o.Kind = Group+"/"+Version, "MeshTLS"; return o }},
+	{Group: Group, Version: Version, Kind: "AuthorizationPolicy", Plural: "authorizationpolicies", Short: []string{"ap"},
+		New: func() Object {
+			o := &AuthorizationPolicy{}
+			o.APIVersion, o.Kind = Group+"/"+Version, "AuthorizationPolicy"
+			return o
+		}},
 }
 
 // KindByName finds a kind by its Kind, plural or short name (case-insensitive

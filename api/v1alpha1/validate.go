@@ -37,6 +37,10 @@ func Validate(obj Object) field.ErrorList {
 		errs = append(errs, validateGRPCRouteSpec(&o.Spec, spec)...)
 	case *DestinationPolicy:
 		errs = append(errs, validateDestinationPolicySpec(&o.Spec, spec)...)
+	case *MeshTLS:
+		errs = append(errs, validateMeshTLSSpec(&o.Spec, spec)...)
+	case *AuthorizationPolicy:
+		errs = append(errs, validateAuthorizationPolicySpec(&o.Spec, spec)...)
 	}
 	return append(errs, controlCharacters(reflect.ValueOf(obj), nil)...)
 }

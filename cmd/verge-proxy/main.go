@@ -17,8 +17,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The environment is read here, not in the command: VERGE_SERVER only
-	// supplies the --server default.
-	cmd := agent.NewCommand(os.Getenv("VERGE_SERVER"))
+	// supplies the --server default, VERGE_JOIN_TOKEN the join token when
+	// no flag gives one.
+	cmd := agent.NewCommandEnv(agent.Env{Server: os.Getenv("VERGE_SERVER"), JoinToken: os.Getenv("VERGE_JOIN_TOKEN")})
 	cmd.Use = "verge-proxy"
 	cmd.SilenceUsage, cmd.SilenceErrors = true, true
 	go func() {

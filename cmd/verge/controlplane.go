@@ -22,6 +22,15 @@ import (
 // when --ca-passphrase-file is not given.
 const passphraseFile = "ca-passphrase"
 
+// adminTokenFile is where the control plane keeps a generated admin token
+// when --admin-token-file is not given; the CLI reads it from the default
+// data dir (./verge-data) when it talks to the default local control plane.
+const adminTokenFile = "admin-token"
+
+// adminTokenPrefix marks admin tokens, so that one pasted in the wrong place
+// is recognizable (join tokens start with "vt1.").
+const adminTokenPrefix = "vadm."
+
 func controlPlaneCommand(version string) *cobra.Command {
 	var (
 		cfg                 = controlplane.Config{Version: version}
@@ -29,6 +38,7 @@ func controlPlaneCommand(version string) *cobra.Command {
 		logFormat, logLevel string
 		caCert, caKey       string
 		passFile            string
+		adminFile           string
 	)
 	cmd := &cobra.Command{
 		Use:   "control-plane",
@@ -60,6 +70,9 @@ func controlPlaneCommand(version string) *cobra.Command {
 			if cfg.CAPassphrase, err = caPassphrase(passFile, dataDir, logger); err != nil {
 				return err
 			}
+			if cfg.AdminToken, err = adminToken(adminFile, dataDir, logger); err != nil {
+				return err
+			}
 			return controlplane.Run(cmd.Context(), cfg, logger, nil)
 		},
 	}
@@ -78,6 +91,11 @@ func controlPlaneCommand(version string) *cobra.Command {
 		"When unset, a random passphrase is generated on first start into DATA-DIR/"+passphraseFile+" (mode 0600) and read from there later; "+
 		"that keeps the key and its passphrase side by side, so for real deployments move it to a secret store and pass this flag")
 	f.DurationVar(&cfg.SVIDTTL, "svid-ttl", 0, "lifetime of issued workload certificates (default 24h)")
+	f.StringVar(&adminFile, "admin-token-file", "", "file holding the admin bearer token (trailing newlines ignored). "+
+		"When unset, one is generated on first start into DATA-DIR/"+adminTokenFile+" (mode 0600) and read from there later")
+	f.StringArrayVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS name or IP address of the control plane's certificate (repeatable)")
+	f.BoolVar(&cfg.AllowAnonymous, "insecure-allow-anonymous", false, "allow API writes and proxy xDS streams without credentials (tests only)")
+	_ = f.MarkHidden("insecure-allow-anonymous")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
@@ -87,7 +105,7 @@ func controlPlaneCommand(version string) *cobra.Command {
 // where it generates one on first start.
 func caPassphrase(path, dataDir string, logger *slog.Logger) ([]byte, error) {
 	if path != "" {
-		b, err := readPassphrase(path)
+		b, err := readSecretFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("--ca-passphrase-file: %w", err)
 		}
@@ -95,7 +113,7 @@ func caPassphrase(path, dataDir string, logger *slog.Logger) ([]byte, error) {
 	}
 	p := filepath.Join(dataDir, passphraseFile)
 	const warning = "ca passphrase kept in the data dir: move it to a secret store and pass --ca-passphrase-file for real deployments"
-	b, err := readPassphrase(p)
+	b, err := readSecretFile(p)
 	if err == nil {
 		logger.Warn(warning, "path", p)
 		return b, nil
@@ -113,14 +131,47 @@ func caPassphrase(path, dataDir string, logger *slog.Logger) ([]byte, error) {
 	return b, nil
 }
 
-func readPassphrase(path string) ([]byte, error) {
+// adminToken reads the admin token from path, or from the data dir, where
+// it generates one on first start: "vadm." and 32 random bytes, base64url.
+func adminToken(path, dataDir string, logger *slog.Logger) (string, error) {
+	if path != "" {
+		b, err := readSecretFile(path)
+		if err != nil {
+			return "", fmt.Errorf("--admin-token-file: %w", err)
+		}
+		if len(b) < 16 {
+			return "", fmt.Errorf("--admin-token-file %q: token is %d bytes, want at least 16", path, len(b))
+		}
+		return string(b), nil
+	}
+	p := filepath.Join(dataDir, adminTokenFile)
+	b, err := readSecretFile(p)
+	if err == nil {
+		return string(b), nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	var raw [32]byte
+	rand.Read(raw[:]) // crypto/rand.Read never fails (Go 1.24+)
+	tok := adminTokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	if err := writeNewFile(dataDir, adminTokenFile, []byte(tok+"\n")); err != nil {
+		return "", fmt.Errorf("generate admin token %q: %w", p, err)
+	}
+	logger.Info("admin token generated: pass it to the CLI with --token-file or VERGE_TOKEN", "path", p)
+	return tok, nil
+}
+
+// readSecretFile reads a one-line secret, without trailing newlines; an
+// empty file is an error.
+func readSecretFile(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	b = bytes.TrimRight(b, "\r\n")
 	if len(b) == 0 {
-		return nil, fmt.Errorf("read ca passphrase %q: file is empty", path)
+		return nil, fmt.Errorf("read %q: file is empty", path)
 	}
 	return b, nil
 }

@@ -28,7 +28,7 @@ func main() {
 		stop()
 	}()
 	root := cli.NewRootCommand(version, os.Stdout, os.Stderr, os.Stdin)
-	root.AddCommand(controlPlaneCommand(version), agent.NewCommand(os.Getenv("VERGE_SERVER")), demo.NewCommand(), demo.NewAppCommand())
+	root.AddCommand(controlPlaneCommand(version), agent.NewCommandEnv(agent.Env{Server: os.Getenv("VERGE_SERVER"), JoinToken: os.Getenv("VERGE_JOIN_TOKEN")}), demo.NewCommand(), demo.NewAppCommand())
 	err := root.ExecuteContext(ctx)
 	stop()
 	if err == nil {

@@ -28,19 +28,25 @@ const maxResponseBytes = 8 << 20
 
 // Client calls one Verge control plane. It is safe for concurrent use.
 type Client struct {
-	base string
-	hc   *http.Client
+	base  string
+	hc    *http.Client
+	token string
 }
 
-// New returns a client for the API at baseURL ("http://127.0.0.1:7700").
+// New returns a client for the API at baseURL ("http://127.0.0.1:7700", or
+// https with an httpClient whose transport has ServerTLSConfig).
 // httpClient nil means http.DefaultClient. Watch streams run until their
 // context ends, so give httpClient no overall Timeout if you watch; bound
 // single calls with their context instead.
-func New(baseURL string, httpClient *http.Client) *Client {
+func New(baseURL string, httpClient *http.Client, opts ...ClientOption) *Client {
 	if httpClient == nil {
 		httpClient = http.DefaultClient
 	}
-	return &Client{base: strings.TrimRight(baseURL, "/"), hc: httpClient}
+	c := &Client{base: strings.TrimRight(baseURL, "/"), hc: httpClient}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Option changes one write.
@@ -349,6 +355,9 @@ func (c *Client) send(ctx context.Context, method, p string, q url.Values, body 
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, p, err)

@@ -103,3 +103,15 @@ func IsInvalid(err error) bool {
 func IsExpired(err error) bool {
 	return hasStatus(err, http.StatusGone, string(metav1.StatusReasonExpired))
 }
+
+// IsUnauthorized reports whether err says the request carried no valid
+// credentials (401): no token, a wrong one, or a bad client certificate.
+func IsUnauthorized(err error) bool {
+	return hasStatus(err, http.StatusUnauthorized, string(metav1.StatusReasonUnauthorized))
+}
+
+// IsForbidden reports whether err says the caller's identity may not do
+// what it asked (403).
+func IsForbidden(err error) bool {
+	return hasStatus(err, http.StatusForbidden, string(metav1.StatusReasonForbidden))
+}

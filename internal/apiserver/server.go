@@ -3,6 +3,9 @@
 // failures to Kubernetes-style Status bodies, and the layout of resources in
 // the store (Key, Prefix, DecodeStored), which the registry reads back.
 //
+// It also owns Guard (auth.go), the authentication and authorization in
+// front of the control plane's whole API: who may write what.
+//
 // It does not own the HTTP listener (the control plane mounts Handler at
 // "/apis/"), the resource types or their validation (api/v1alpha1), or the
 // store backends (internal/store).

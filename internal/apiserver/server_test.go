@@ -367,6 +367,8 @@ func TestDiscovery(t *testing.T) {
 			"gateway.networking.k8s.io/v1/httproutes=HTTPRoute(hr)",
 			"gateway.networking.k8s.io/v1/grpcroutes=GRPCRoute(gr)",
 			"verge.dev/v1alpha1/destinationpolicies=DestinationPolicy(dp)",
+			"verge.dev/v1alpha1/meshtlses=MeshTLS(mtls)",
+			"verge.dev/v1alpha1/authorizationpolicies=AuthorizationPolicy(ap)",
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("GET %s (-want +got):\n%s", p, diff)

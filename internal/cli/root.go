@@ -29,6 +29,11 @@ import (
 // VERGE_SERVER says otherwise.
 const DefaultServer = "http://127.0.0.1:7700"
 
+// DefaultTokenFile is where a control plane started with its default data
+// dir writes its admin token; the CLI reads it when it talks to
+// DefaultServer without --token or --token-file.
+const DefaultTokenFile = "./verge-data/admin-token"
+
 // requestTimeout bounds each command's calls to the API.
 const requestTimeout = 30 * time.Second
 
@@ -89,6 +94,9 @@ func flatten(err error) []error {
 
 func render(err error) string {
 	msg := err.Error()
+	if apiclient.IsUnauthorized(err) {
+		return "not authenticated: pass --token or set VERGE_TOKEN (the control plane wrote one to DATA-DIR/admin-token): " + msg
+	}
 	se, ok := errors.AsType[*apiclient.StatusError](err)
 	if !ok || len(se.Causes) == 0 {
 		return msg
@@ -111,17 +119,72 @@ func render(err error) string {
 	return strings.Replace(msg, se.Error(), b.String(), 1)
 }
 
-// env is what every subcommand shares: the streams, the clock and the
-// --server flag's value.
+// env is what every subcommand shares: the streams, the clock, the
+// --server, --token, --token-file and --ca-file flags' values, and what
+// connect made of them.
 type env struct {
 	out, errOut io.Writer
 	in          io.Reader
 	server      string
 	now         func() time.Time
+
+	token, tokenFile, caFile string
+	// hc is the HTTP client for the server (TLS when it is https);
+	// bearer the token sent with every request. Set by connect.
+	hc     *http.Client
+	bearer string
 }
 
 func (e *env) client() *apiclient.Client {
-	return apiclient.New(e.server, &http.Client{Timeout: requestTimeout})
+	return apiclient.New(e.server, e.httpClient(), apiclient.WithToken(e.bearer))
+}
+
+func (e *env) httpClient() *http.Client {
+	if e.hc == nil {
+		return &http.Client{Timeout: requestTimeout}
+	}
+	return e.hc
+}
+
+// connect resolves the credentials and transport for the server: the token
+// from --token, else --token-file, else (talking to the default local
+// control plane) DefaultTokenFile when it exists; for an https server, TLS
+// that trusts --ca-file's roots and accepts only the control plane's SVID.
+func (e *env) connect() error {
+	switch {
+	case e.token != "":
+		e.bearer = e.token
+	case e.tokenFile != "":
+		b, err := os.ReadFile(e.tokenFile)
+		if err != nil {
+			return usageError("--token-file: %v", err)
+		}
+		if e.bearer = strings.TrimSpace(string(b)); e.bearer == "" {
+			return usageError("--token-file %q: file is empty", e.tokenFile)
+		}
+	case strings.TrimRight(e.server, "/") == DefaultServer:
+		// The README's local flow: a control plane started in this
+		// directory wrote its token next to its data.
+		if b, err := os.ReadFile(DefaultTokenFile); err == nil {
+			e.bearer = strings.TrimSpace(string(b))
+		}
+	}
+	if !strings.HasPrefix(e.server, "https://") {
+		return nil
+	}
+	if e.caFile == "" {
+		return usageError("--server %s is https: pass --ca-file with the mesh's trust bundle (verge ca bundle) or set VERGE_CA_FILE", e.server)
+	}
+	pemBytes, err := os.ReadFile(e.caFile)
+	if err != nil {
+		return usageError("--ca-file: %v", err)
+	}
+	tc, err := apiclient.ServerTLSConfig(pemBytes, nil)
+	if err != nil {
+		return usageError("--ca-file %q: %v", e.caFile, err)
+	}
+	e.hc = &http.Client{Timeout: requestTimeout, Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}}
+	return nil
 }
 
 // NewRootCommand builds the `verge` command with the resource subcommands.
@@ -152,7 +215,12 @@ func newRootCommand(version string, out, errOut io.Writer, in io.Reader, now fun
 	root.SetErr(errOut)
 	root.SetIn(in)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &ExitError{Code: 2, Err: err} })
-	root.PersistentFlags().StringVar(&e.server, "server", server, "control plane API URL (env VERGE_SERVER)")
+	pf := root.PersistentFlags()
+	pf.StringVar(&e.server, "server", server, "control plane API URL (env VERGE_SERVER)")
+	pf.StringVar(&e.token, "token", os.Getenv("VERGE_TOKEN"), "admin bearer token (env VERGE_TOKEN)")
+	pf.StringVar(&e.tokenFile, "token-file", os.Getenv("VERGE_TOKEN_FILE"), "file holding the admin bearer token (env VERGE_TOKEN_FILE; default "+DefaultTokenFile+" when --server is the default)")
+	pf.StringVar(&e.caFile, "ca-file", os.Getenv("VERGE_CA_FILE"), "PEM trust bundle to verify an https control plane with (env VERGE_CA_FILE)")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return e.connect() }
 	root.AddCommand(
 		newApplyCommand(e),
 		newGetCommand(e),
@@ -167,8 +235,16 @@ func newRootCommand(version string, out, errOut io.Writer, in io.Reader, now fun
 }
 
 // AddCommand adds role commands (control-plane, proxy, demo) to a root
-// built by NewRootCommand.
-func AddCommand(root *cobra.Command, cmds ...*cobra.Command) { root.AddCommand(cmds...) }
+// built by NewRootCommand. They do not call the API as a client, so the
+// root's credential flags are not resolved for them.
+func AddCommand(root *cobra.Command, cmds ...*cobra.Command) {
+	for _, c := range cmds {
+		if c.PersistentPreRunE == nil && c.PersistentPreRun == nil {
+			c.PersistentPreRunE = func(*cobra.Command, []string) error { return nil }
+		}
+	}
+	root.AddCommand(cmds...)
+}
 
 // usageArgs makes an argument check's failure a usage error (exit code 2).
 func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {

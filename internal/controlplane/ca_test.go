@@ -31,6 +31,13 @@ var passphrase = []byte("correct horse battery staple")
 // API's base URL and a function that stops it and returns Run's error.
 func start(t *testing.T, cfg Config) (string, func() error) {
 	t.Helper()
+	a, stop := startAddrs(t, cfg)
+	return "http://" + a.API, stop
+}
+
+// startAddrs is start returning every bound address.
+func startAddrs(t *testing.T, cfg Config) (Addrs, func() error) {
+	t.Helper()
 	cfg.APIAddr, cfg.XDSAddr, cfg.SyncAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	ctx, cancel := context.WithCancel(context.Background())
 	addrsCh := make(chan Addrs, 1)
@@ -56,14 +63,14 @@ func start(t *testing.T, cfg Config) (string, func() error) {
 	t.Cleanup(func() { stop() })
 	select {
 	case a := <-addrsCh:
-		return "http://" + a.API, stop
+		return a, stop
 	case err := <-done:
 		stopped, stopErr = true, err
 		t.Fatalf("Run: %v", err)
 	case <-time.After(waitFor):
 		t.Fatal("control plane not ready")
 	}
-	return "", stop
+	return Addrs{}, stop
 }
 
 func get(t *testing.T, url string) string {
@@ -82,7 +89,7 @@ func get(t *testing.T, url string) string {
 
 func TestCAPersisted(t *testing.T) {
 	dir := t.TempDir()
-	base, stop := start(t, Config{DataDir: dir, CAPassphrase: passphrase})
+	base, stop := start(t, Config{DataDir: dir, CAPassphrase: passphrase, AllowAnonymous: true})
 	bundle := get(t, base+identity.BundlePath)
 
 	// A token and a certificate through the mounted identity API.
@@ -132,7 +139,7 @@ func TestCAPersisted(t *testing.T) {
 
 	// Same data dir and passphrase: same root, and the token is still
 	// known (used up).
-	base, stop = start(t, Config{DataDir: dir, CAPassphrase: passphrase})
+	base, stop = start(t, Config{DataDir: dir, CAPassphrase: passphrase, AllowAnonymous: true})
 	if got := get(t, base+identity.BundlePath); got != bundle {
 		t.Errorf("bundle changed across a restart:\n%s\nwant\n%s", got, bundle)
 	}
@@ -193,7 +200,7 @@ func TestOperatorCA(t *testing.T) {
 	}
 	rootPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	dir := t.TempDir()
-	base, stop := start(t, Config{DataDir: dir, CAPassphrase: passphrase, TrustDomain: "example.org",
+	base, stop := start(t, Config{DataDir: dir, CAPassphrase: passphrase, AllowAnonymous: true, TrustDomain: "example.org",
 		CACert: rootPEM, CAKey: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})})
 	if got := get(t, base+identity.BundlePath); got != string(rootPEM) {
 		t.Errorf("bundle is not the operator's root:\n%s", got)
@@ -210,7 +217,7 @@ func TestOperatorCA(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 	// The material was saved: a start without the PEM keeps the operator CA.
-	base, _ = start(t, Config{DataDir: dir, CAPassphrase: passphrase, TrustDomain: "example.org"})
+	base, _ = start(t, Config{DataDir: dir, CAPassphrase: passphrase, AllowAnonymous: true, TrustDomain: "example.org"})
 	if got := get(t, base+identity.BundlePath); got != string(rootPEM) {
 		t.Errorf("bundle after restart without --ca-cert:\n%s", got)
 	}

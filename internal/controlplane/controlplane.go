@@ -2,7 +2,13 @@
 // binds the API, xDS and zone-sync listeners, and runs the API server, the
 // registry, the xDS server, the health endpoint and the dashboard until its
 // context ends, then shuts them down in order. It owns the wiring and the
-// shutdown order only; each part lives in its own package.
+// shutdown order only; each part lives in its own package. Two things it
+// does own: the API and xDS ports' transport (listen.go: TLS and loopback
+// plaintext on one port, refusals counted) and the control plane's own SVID
+// (svid.go), because both exist only to serve those ports.
+//
+// Every API request passes apiserver.Guard (admin token or admin SVID for
+// writes, workload SVIDs for their own Workload and health).
 //
 // On the API listener:
 //
@@ -27,15 +33,19 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
+	"verge.dev/verge/api/v1alpha1"
 	"verge.dev/verge/internal/apiserver"
 	"verge.dev/verge/internal/ca"
 	"verge.dev/verge/internal/identity"
@@ -93,6 +103,21 @@ type Config struct {
 	// SVIDTTL is the lifetime of issued certificates; ca.DefaultSVIDTTL
 	// (24h) when zero.
 	SVIDTTL time.Duration
+
+	// AdminToken is the administrators' bearer secret (the CLI's --token);
+	// empty leaves only admin client certificates
+	// (spiffe://<td>/ns/verge-system/sa/admin).
+	AdminToken string
+	// AllowAnonymous lets every API write and every xDS stream through
+	// without credentials, as before issue 4 (--insecure-allow-anonymous).
+	AllowAnonymous bool
+	// TLSSANs are extra DNS names and IP addresses of the control plane's
+	// certificate (--tls-san), beside localhost, loopback and the bound
+	// addresses.
+	TLSSANs []string
+	// HandshakeTimeout bounds a new connection's first bytes and TLS
+	// handshake on the API and xDS ports; 10 s when zero.
+	HandshakeTimeout time.Duration
 }
 
 // Addrs are the bound addresses, host:port.
@@ -163,24 +188,91 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		}
 		lis[i] = l
 	}
-	apiLis, xdsLis, syncLis := lis[0], lis[1], lis[2]
-	addrs := Addrs{API: apiLis.Addr().String(), XDS: xdsLis.Addr().String(), Sync: syncLis.Addr().String()}
-
-	metrics := prometheus.NewRegistry()
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg := registry.New(st, logger)
-	xsrv := xds.New(xds.Config{Meshes: reg.Meshes(), Observer: reg, Registerer: metrics}, logger)
-	idsrv, err := identity.New(identity.Config{
-		CA:         authority,
-		Tokens:     ca.NewTokens(authority.Bundle().TrustDomain(), identity.NewStoreTokens(st), nil),
-		Persist:    func(m *ca.Material) error { return m.Save(caDir(cfg), cfg.CAPassphrase) },
-		Registerer: metrics,
-	}, logger)
-	if err != nil {
+	apiRaw, xdsRaw, syncLis := lis[0], lis[1], lis[2]
+	addrs := Addrs{API: apiRaw.Addr().String(), XDS: xdsRaw.Addr().String(), Sync: syncLis.Addr().String()}
+	closeAll := func() {
 		for _, l := range lis {
 			l.Close()
 		}
+	}
+
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	td := authority.Bundle().TrustDomain()
+	svid, err := newSelfSVID(authority, certSANs(cfg.TLSSANs, apiRaw.Addr(), xdsRaw.Addr()), logger)
+	if err != nil {
+		closeAll()
 		return err
+	}
+	bundle := caBundle{ca: authority}
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "verge_cp_connections_refused_total",
+		Help: "Connections to the API and xDS ports closed before serving, by port and reason.",
+	}, []string{"port", "reason"})
+	for _, port := range []string{"api", "xds"} {
+		for _, r := range refusedReasons {
+			refused.WithLabelValues(port, r)
+		}
+	}
+	metrics.MustRegister(refused)
+	portLogger := logger.With("component", "listener")
+	apiLis := newDualListener(apiRaw, portConfig{
+		name: "api", tls: serverTLS(svid, bundle, td, []string{"h2", "http/1.1"}),
+		plaintextOK: apiPlaintextOK, plaintextPeek: 1,
+		timeout: cfg.HandshakeTimeout, refused: refused, logger: portLogger,
+	})
+	xdsLis := newDualListener(xdsRaw, portConfig{
+		name: "xds", tls: serverTLS(svid, bundle, td, []string{"h2"}),
+		plaintextOK: xdsPlaintextOK, plaintextPeek: len(http2Preface),
+		timeout: cfg.HandshakeTimeout, refused: refused, logger: portLogger,
+	})
+	lis[0], lis[1] = apiLis, xdsLis
+
+	reg := registry.New(st, logger)
+	xopts, err := xdsServerOptions(st, td, bundle, cfg.AllowAnonymous, metrics, logger)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	// Mutual TLS between proxies is on unless the mesh runs without
+	// identities (--insecure-allow-anonymous), where proxies may have none.
+	xsrv := xds.New(xds.Config{Meshes: reg.Meshes(), Observer: reg, Registerer: metrics,
+		ServerOptions: xopts, MTLS: !cfg.AllowAnonymous}, logger)
+	pushBundle := func() { xsrv.SetTrustBundle(td.Name(), rootsDER(authority)) }
+	pushBundle()
+	idsrv, err := identity.New(identity.Config{
+		CA:         authority,
+		Tokens:     ca.NewTokens(td, identity.NewStoreTokens(st), nil),
+		Persist:    func(m *ca.Material) error { return m.Save(caDir(cfg), cfg.CAPassphrase) },
+		Registerer: metrics,
+		OnRotate: func() {
+			pushBundle()
+			svid.Renew()
+		},
+	}, logger)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	adminID, err := ca.WorkloadID(td, SystemNamespace, AdminServiceAccount)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("admin identity: %w", err)
+	}
+	guard, err := apiserver.NewGuard(st, apiserver.AuthConfig{
+		TrustDomain:    td,
+		Bundle:         bundle,
+		AdminToken:     cfg.AdminToken,
+		AdminID:        adminID,
+		AllowAnonymous: cfg.AllowAnonymous,
+		Registerer:     metrics,
+	}, logger)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	if cfg.AllowAnonymous {
+		logger.Warn("anonymous writes and xds streams allowed (--insecure-allow-anonymous): anyone on the network can change the mesh")
 	}
 	// Request contexts derive from baseCtx, which ends as soon as shutdown
 	// starts: Shutdown waits for every handler, and a ?watch=1 stream only
@@ -189,7 +281,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBase()
 	hs := &http.Server{
-		Handler:     apiHandler(cfg, st, reg, xsrv, idsrv, metrics, logger),
+		Handler:     guard.Wrap(apiHandler(cfg, st, reg, xsrv, idsrv, metrics, logger)),
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
 		// ReadTimeout bounds reading a request (headers and body), not a
 		// long-lived watch response.
@@ -233,6 +325,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	})
 	g.Go(func() error { return holdSync(gctx, syncLis) })
 	g.Go(func() error { return reg.Run(loopCtx) })
+	g.Go(func() error { return svid.Run(gctx) })
 	g.Go(func() error {
 		servers.Wait()
 		stopLoops()
@@ -242,10 +335,80 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if ready != nil {
 		ready(addrs)
 	}
-	logger.Info("control plane ready", "api", addrs.API, "xds", addrs.XDS, "sync", addrs.Sync, "store", cfg.Store)
+	logger.Info("control plane ready", "api", addrs.API, "xds", addrs.XDS, "sync", addrs.Sync, "store", cfg.Store,
+		"spiffe_id", svid.id.String())
 	err = g.Wait()
 	logger.Info("control plane stopped")
 	return err
+}
+
+// certSANs are the control plane certificate's DNS names and IP addresses:
+// localhost, both loopback addresses, the addresses the API and xDS ports
+// are bound to (unless unspecified) and the operator's extra ones.
+func certSANs(extra []string, bound ...net.Addr) []string {
+	sans := []string{"localhost", "127.0.0.1", "::1"}
+	for _, a := range bound {
+		if t, ok := a.(*net.TCPAddr); ok && !t.IP.IsUnspecified() && !t.IP.IsLoopback() {
+			sans = append(sans, t.IP.String())
+		}
+	}
+	for _, e := range extra {
+		if !slices.Contains(sans, e) {
+			sans = append(sans, e)
+		}
+	}
+	return sans
+}
+
+// rootsDER is the CA's current bundle as DER certificates.
+func rootsDER(authority *ca.CA) [][]byte {
+	var out [][]byte
+	for _, c := range authority.Bundle().X509Authorities() {
+		out = append(out, c.Raw)
+	}
+	return out
+}
+
+// xdsServerOptions are the xDS port's gRPC options: credentials that hand
+// the TLS state dualListener negotiated to gRPC, and the interceptor that
+// checks a proxy's SVID against the Workload its node names.
+func xdsServerOptions(st store.Store, td spiffeid.TrustDomain, bundle x509bundle.Source, allowAnonymous bool, metrics prometheus.Registerer, logger *slog.Logger) ([]grpc.ServerOption, error) {
+	authn, err := xds.NewAuthenticator(xds.AuthnConfig{
+		TrustDomain:    td,
+		Bundle:         bundle,
+		Workloads:      storeWorkloads(st),
+		AllowAnonymous: allowAnonymous,
+		Registerer:     metrics,
+	}, logger)
+	if err != nil {
+		return nil, err
+	}
+	return []grpc.ServerOption{grpc.Creds(dualCredentials{}), grpc.ChainStreamInterceptor(authn.StreamInterceptor())}, nil
+}
+
+// storeWorkloads looks Workloads up in the store rather than the registry,
+// whose view lags the store: a proxy connects right after registering.
+func storeWorkloads(st store.Store) xds.WorkloadLookup {
+	k, _ := v1alpha1.KindByName("Workload")
+	return func(ctx context.Context, ns, name string) (string, bool, error) {
+		kv, err := st.Get(ctx, apiserver.Key(k, ns, name))
+		if errors.Is(err, store.ErrNotFound) {
+			return "", false, nil
+		}
+		if err != nil {
+			return "", false, err
+		}
+		obj, err := apiserver.DecodeStored(k, kv)
+		if err != nil {
+			return "", false, err
+		}
+		wl, ok := obj.(*v1alpha1.Workload)
+		if !ok {
+			return "", false, fmt.Errorf("workload %s/%s: stored object is a %T", ns, name, obj)
+		}
+		v1alpha1.Default(wl)
+		return wl.Spec.ServiceAccount, true, nil
+	}
 }
 
 // caDir holds the CA material, encrypted (ca.Material.Save).

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const waitFor = 15 * time.Second
 
 func TestBolt(t *testing.T) {
-	testControlPlane(t, Config{APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", DataDir: t.TempDir(), CAPassphrase: passphrase})
+	testControlPlane(t, Config{APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0", DataDir: t.TempDir(), CAPassphrase: passphrase, AdminToken: adminToken})
 }
 
 func TestEtcd(t *testing.T) {
@@ -38,7 +38,7 @@ func TestEtcd(t *testing.T) {
 		APIAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:0",
 		Store: "etcd", EtcdEndpoints: eps, EtcdPrefix: "/cptest",
 		// The CA material lives in the data dir whatever the store.
-		DataDir: t.TempDir(), CAPassphrase: passphrase,
+		DataDir: t.TempDir(), CAPassphrase: passphrase, AdminToken: adminToken,
 	})
 }
 
@@ -61,7 +61,11 @@ var resources = []struct{ path, body string }{
 		"spec":{"address":"127.0.0.1","proxy":{},"upstreams":[{"service":"web","port":80,"localPort":15001}]}}`},
 }
 
+// testControlPlane exercises the role's wiring with an xDS client that has
+// no certificate, so it runs with AllowAnonymous; refusals of such streams
+// are tested in xdsauth_test.go and security_test.go.
 func testControlPlane(t *testing.T, cfg Config) {
+	cfg.AllowAnonymous = true
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	addrsCh := make(chan Addrs, 1)
@@ -108,6 +112,7 @@ func testControlPlane(t *testing.T, cfg Config) {
 			t.Fatal(err)
 		}
 		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+cfg.AdminToken)
 		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)

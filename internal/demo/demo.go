@@ -142,11 +142,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := waitHTTP(ctx, api+"/healthz", 20*time.Second); err != nil {
 		return fmt.Errorf("control plane did not come up (log: %s): %w", filepath.Join(logs, "control-plane.log"), err)
 	}
+	// The control plane wrote its admin token on first start; the CLI
+	// takes it from the file, as a user of the demo would.
+	tokenFile := filepath.Join(dir, "control-plane", "admin-token")
 	resources := filepath.Join(dir, "mesh.yaml")
 	if err := writeResources(resources); err != nil {
 		return err
 	}
-	if err := apply(ctx, exe, api, resources); err != nil {
+	if err := apply(ctx, exe, api, tokenFile, resources); err != nil {
 		return err
 	}
 
@@ -172,7 +175,14 @@ func Run(ctx context.Context, cfg Config) error {
 		if err := start(w.name+"-app", appArgs...); err != nil {
 			return err
 		}
+		// Each proxy proves its identity (service account = the
+		// workload's name) with a join token of its own.
+		joinFile, err := joinToken(ctx, exe, api, tokenFile, w.name, filepath.Join(dir, w.name+"-join-token"))
+		if err != nil {
+			return err
+		}
 		args := append([]string{"proxy", "--server", api, "--xds-addr", cfg.XDSAddr, "--name", w.name + "-0", "--labels", w.labels,
+			"--service-account", w.name, "--join-token-file", joinFile,
 			"--address", addr, "--app-address", addr, "--inbound", fmt.Sprintf("%d=%d", w.appPort, inboundPort),
 			"--admin-addr", fmt.Sprintf("%s:%d", addr, adminPort), "--data-dir", filepath.Join(dir, w.name+"-proxy"), "--log-format", "text"}, w.extra...)
 		if err := start(w.name+"-proxy", args...); err != nil {
@@ -197,10 +207,11 @@ Try, in another terminal:
   go run ./cmd/verge get workloads -o yaml
   go run ./cmd/verge proxy-status
   curl -s %[2]s
-  go run ./cmd/verge apply -f %[4]s      # the mesh's resources; edit weights and apply again
+  VERGE_TOKEN_FILE=%[5]s \
+    go run ./cmd/verge apply -f %[4]s      # the mesh's resources; edit weights and apply again
 
 Ctrl-C stops every process the demo started.
-`, api, target, dir, resources)
+`, api, target, dir, resources, tokenFile)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return drive(gctx, cfg.Out, target, cfg.RPS) })
@@ -289,12 +300,35 @@ func waitHTTP(ctx context.Context, url string, limit time.Duration) error {
 }
 
 // apply runs `verge apply -f` as a user would, so the demo exercises the CLI.
-func apply(ctx context.Context, exe, api, file string) error {
-	out, err := exec.CommandContext(ctx, exe, "apply", "--server", api, "-f", file).CombinedOutput()
+func apply(ctx context.Context, exe, api, tokenFile, file string) error {
+	out, err := exec.CommandContext(ctx, exe, "apply", "--server", api, "--token-file", tokenFile, "-f", file).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("verge apply -f %s: %w\n%s", file, err, out)
 	}
 	return nil
+}
+
+// joinToken creates a single-use join token for service account sa with
+// `verge token create` and writes it to path (0600) for the proxy's
+// --join-token-file, which keeps it out of the process list.
+func joinToken(ctx context.Context, exe, api, tokenFile, sa, path string) (string, error) {
+	out, err := exec.CommandContext(ctx, exe, "token", "create", "--server", api, "--token-file", tokenFile, "--service", sa).Output()
+	if err != nil {
+		return "", fmt.Errorf("verge token create --service %s: %w", sa, err)
+	}
+	var tok string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "vt1.") {
+			tok = strings.TrimSpace(l)
+		}
+	}
+	if tok == "" {
+		return "", fmt.Errorf("verge token create --service %s: no token in %q", sa, out)
+	}
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
 }
 
 // drive sends a light, bounded load to the frontend and prints a line of

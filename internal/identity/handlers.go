@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -133,6 +135,10 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request) {
 	secret, ok := bearer(r)
 	if !ok {
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			s.renewCertificate(w, r)
+			return
+		}
 		s.refuse(w, r, "", &refusal{reason: ReasonMissingToken, err: ca.ErrTokenInvalid})
 		return
 	}
@@ -165,10 +171,43 @@ func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request) {
 	leaf := chain[0]
 	s.logger.Info("certificate issued", "spiffe_id", id.String(), "token_id", tok.ID,
 		"serial", leaf.SerialNumber.Text(16), "expires_at", leaf.NotAfter)
+	s.writeChain(w, id, chain)
+}
+
+// renewCertificate serves POST /api/v1/certificates without a bearer token
+// over TLS: the client's certificate, verified against the current bundle
+// (again: the listener's check is not this handler's to rely on), names the
+// identity, and the CSR gets exactly that one. An expired or foreign
+// certificate is refused; revocation is not checked (certificates are
+// short-lived instead).
+func (s *Server) renewCertificate(w http.ResponseWriter, r *http.Request) {
+	id, _, err := x509svid.Verify(r.TLS.PeerCertificates, s.ca.Bundle())
+	if err != nil {
+		s.refuse(w, r, "", &refusal{reason: ReasonInvalidCertificate, err: fmt.Errorf("renew certificate: %w: %w", errBadClientCert, err)})
+		return
+	}
+	var req CertificateRequest
+	if err := decode(w, r, &req); err != nil {
+		s.refuse(w, r, "", err)
+		return
+	}
+	chain, err := s.ca.SignCSR(req.CSR, id)
+	if err != nil {
+		s.refuse(w, r, "", err)
+		return
+	}
+	s.issued.Inc()
+	leaf := chain[0]
+	s.logger.Info("certificate renewed", "spiffe_id", id.String(),
+		"serial", leaf.SerialNumber.Text(16), "expires_at", leaf.NotAfter)
+	s.writeChain(w, id, chain)
+}
+
+func (s *Server) writeChain(w http.ResponseWriter, id spiffeid.ID, chain []*x509.Certificate) {
 	resp := CertificateResponse{
 		TrustBundle: s.bundlePEM(),
 		SPIFFEID:    id.String(),
-		ExpiresAt:   leaf.NotAfter,
+		ExpiresAt:   chain[0].NotAfter,
 	}
 	for _, c := range chain {
 		resp.CertificateChain = append(resp.CertificateChain, certPEM(c))
@@ -237,6 +276,9 @@ func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
 		}
 		s.internal(w, "rotate ca", err)
 		return
+	}
+	if s.onRotate != nil {
+		s.onRotate()
 	}
 	if err := s.persist(s.ca.Material()); err != nil {
 		// The new root is in use but would be lost on restart; say so

@@ -9,9 +9,11 @@
 // format (internal/ca), where the material lives (the control plane passes a
 // Persist function), nor anything on the proxy side (keys, CSRs, SDS, mTLS).
 //
-// The token and rotation endpoints are as open as the rest of the API today:
-// the API listener is on loopback by default, and authenticating
-// administrators is a later step of issue 4.
+// It does not authenticate administrators: the control plane puts the API
+// behind apiserver.Guard, which admits only administrators to the token and
+// rotation endpoints. The certificate endpoint authenticates its callers
+// itself: a join token (first issuance) or, over TLS, the client's current
+// SVID (renewal, for exactly that identity).
 package identity
 
 import (
@@ -39,11 +41,15 @@ const (
 	ReasonBadCSR           = "bad_csr"
 	ReasonUnsupportedKey   = "unsupported_key"
 	ReasonTooLarge         = "too_large"
+	// ReasonInvalidCertificate is a renewal whose client certificate does
+	// not verify against the current bundle.
+	ReasonInvalidCertificate = "invalid_certificate"
 )
 
 var reasons = []string{
 	ReasonMissingToken, ReasonInvalidToken, ReasonExpiredToken, ReasonRevokedToken, ReasonUsedUpToken,
 	ReasonIdentityMismatch, ReasonWrongTrustDomain, ReasonBadCSR, ReasonUnsupportedKey, ReasonTooLarge,
+	ReasonInvalidCertificate,
 }
 
 // Config configures New. The caller must not modify it after the call.
@@ -58,14 +64,20 @@ type Config struct {
 	Persist func(*ca.Material) error
 	// Registerer receives the verge_ca_* metrics; none registered when nil.
 	Registerer prometheus.Registerer
+	// OnRotate, when set, is called after every rotation, with rotations
+	// serialized, once the new root signs (whether or not Persist
+	// succeeded): the control plane pushes the new bundle to proxies and
+	// renews its own certificate. It must not block for long.
+	OnRotate func()
 }
 
 // Server serves the identity API. Safe for concurrent use.
 type Server struct {
-	ca      *ca.CA
-	tokens  *ca.Tokens
-	persist func(*ca.Material) error
-	logger  *slog.Logger
+	ca       *ca.CA
+	tokens   *ca.Tokens
+	persist  func(*ca.Material) error
+	onRotate func()
+	logger   *slog.Logger
 
 	// rotateMu makes rotate-then-persist atomic, so two concurrent
 	// rotations cannot save their material in the wrong order.
@@ -81,10 +93,11 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		return nil, errors.New("new identity server: CA, Tokens and Persist are required")
 	}
 	s := &Server{
-		ca:      cfg.CA,
-		tokens:  cfg.Tokens,
-		persist: cfg.Persist,
-		logger:  logger.With("component", "identity"),
+		ca:       cfg.CA,
+		tokens:   cfg.Tokens,
+		persist:  cfg.Persist,
+		onRotate: cfg.OnRotate,
+		logger:   logger.With("component", "identity"),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "verge_ca_refusals_total",
 			Help: "Certificate requests refused, by reason.",

@@ -35,6 +35,9 @@ type invalidError struct {
 
 func (e *invalidError) Error() string { return e.what + " is invalid: " + e.errs.ToAggregate().Error() }
 
+// errBadClientCert is a renewal whose client certificate does not verify.
+var errBadClientCert = errors.New("client certificate is not a valid svid of the trust domain")
+
 // refusal is a refused certificate request: reason is the metric label.
 type refusal struct {
 	reason string
@@ -48,6 +51,8 @@ func (e *refusal) Unwrap() error { return e.err }
 // the client's fault (a reason and a status code) or not (ok false, 500).
 func refusalFor(err error) (reason string, code int, ok bool) {
 	switch {
+	case errors.Is(err, errBadClientCert):
+		return ReasonInvalidCertificate, http.StatusUnauthorized, true
 	case errors.Is(err, ca.ErrTokenInvalid):
 		return ReasonInvalidToken, http.StatusUnauthorized, true
 	case errors.Is(err, ca.ErrTokenExpired):
@@ -93,7 +98,8 @@ func toStatus(err error) metav1.Status {
 		case http.StatusUnauthorized:
 			// One answer for every token problem, so the endpoint tells a
 			// token thief nothing; the log has the reason.
-			return set(code, metav1.StatusReasonUnauthorized, "a valid join token is required: Authorization: Bearer <token>")
+			return set(code, metav1.StatusReasonUnauthorized,
+				"a valid join token (Authorization: Bearer <token>) or, to renew, a valid client certificate is required")
 		case http.StatusForbidden:
 			return set(code, metav1.StatusReasonForbidden, rf.err.Error())
 		case http.StatusRequestEntityTooLarge:

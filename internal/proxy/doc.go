@@ -2,21 +2,36 @@
 // router, the per-cluster load balancers (package balancer) and upstream
 // connection pools, the TCP proxy and the admin endpoints. It does not own
 // where configuration comes from (proxy/xdsclient builds config.Snapshot
-// values), the HTTP/1.1 fast-path engine (proxy/h1), or anything of the
-// control plane: it never links bbolt, etcd or client-go.
+// values), the HTTP/1.1 fast-path engine (proxy/h1), the HTTP/2 framing
+// and multiplexing of the bridge between proxies (proxy/h2), or anything
+// of the control plane: it never links bbolt, etcd or client-go.
 //
 // Data flow for one request:
 //
+//	listener with a TLS context (inbound) -> sniff the first byte:
+//	    TLS record -> mutual TLS handshake (tls.go), then on "h2":
+//	      table reaching only HTTP/1.1 applications -> the HTTP/2 bridge
+//	      (bridge.go, package h2) -> h1 engine's pool to the application
+//	      otherwise -> net/http's HTTP/2 server, with the peer's SPIFFE ID
+//	      in the connection's context
+//	    plaintext -> closed and counted (STRICT), or as below (PERMISSIVE)
 //	listener (ListenerHTTP) -> sniff the first bytes:
 //	    HTTP/1.1 on a table that only reaches HTTP/1.1 clusters -> h1 engine
+//	      (TLS endpoints of such clusters, peer proxies: an HTTP/2 stream
+//	      over mutual TLS through the bridge's client, bridge.go)
 //	    HTTP/2 preface, h2c upgrade (handed back by h1), the rest -> net/http
+//	  -> authorization (Listener.Authz, authorize.go): 403 / gRPC 7 on deny
 //	  -> route table (virtual host by Host/:authority, first matching route)
 //	  -> cluster (weighted choice among the route's clusters)
 //	  -> balancer (round robin or least request, per-endpoint in-flight count)
-//	  -> pool (per-cluster http.Transport: HTTP/1.1 keep-alive or h2c)
+//	  -> pool (per-cluster http.Transport: HTTP/1.1 keep-alive or h2c; for
+//	     TLS endpoints, peer proxies, HTTP/2 over mutual TLS whatever the
+//	     application spoke, on a few connections per endpoint)
 //	  -> upstream, with the response streamed back, trailers included
 //
-//	listener (ListenerTCP) -> cluster -> balancer -> dial -> splice both ways
+//	listener (ListenerTCP) -> [mutual TLS, ALPN verge-tcp] -> authorization
+//	  once per connection -> cluster -> balancer -> dial (mutual TLS to TLS
+//	  endpoints) -> copy both ways
 //
 // Snapshot publication: Update compiles a config.Snapshot (route tables with
 // domains indexed and clusters resolved) into an immutable state and

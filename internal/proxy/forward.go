@@ -111,6 +111,9 @@ func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer active.Dec()
 
 	grpc := isGRPC(r)
+	if lcfg.Authz != nil && !h.authorizeHTTP(w, r, lcfg, grpc, stat) {
+		return
+	}
 	st := p.state.Load()
 	rt := st.routes[lcfg.RouteName]
 	var rte *route
@@ -200,9 +203,22 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 	if r.ContentLength == 0 {
 		body = http.NoBody
 	}
+	// A TLS endpoint is a peer proxy: HTTP/2 over mutual TLS, whatever the
+	// application spoke. Others get the cluster's own protocol.
+	tr, scheme := http.RoundTripper(nil), "http"
+	if cl.isTLS(ep.Address) {
+		if cl.tls.err != nil {
+			h.p.warnOnce("cluster/"+cl.name, "tls endpoints not reached", "cluster", cl.name, "error", cl.tls.err)
+			h.fail(w, r, grpc, stat, cl.name, failUpstream)
+			return
+		}
+		tr, scheme = cl.tls.transport(), "https"
+	} else {
+		tr = cl.up.transport()
+	}
 	out := &http.Request{
 		Method: r.Method,
-		URL: &url.URL{Scheme: "http", Host: ep.Address, Path: r.URL.Path, RawPath: r.URL.RawPath,
+		URL: &url.URL{Scheme: scheme, Host: ep.Address, Path: r.URL.Path, RawPath: r.URL.RawPath,
 			RawQuery: r.URL.RawQuery},
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header:        r.Header,
@@ -216,7 +232,7 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 	}
 	out = out.WithContext(ctx)
 
-	res, err := cl.up.transport().RoundTrip(out)
+	res, err := tr.RoundTrip(out)
 	if err != nil {
 		f := classify(ctx, err)
 		if r.Context().Err() != nil {

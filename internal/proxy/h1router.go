@@ -2,17 +2,20 @@ package proxy
 
 import (
 	"net/http"
+	"net/netip"
 	"strings"
 
 	"verge.dev/verge/internal/proxy/config"
 	"verge.dev/verge/internal/proxy/h1"
 )
 
-// h1Router gives the h1 engine the same routing and balancing as the
-// net/http path.
+// h1Router gives the h1 engine the same routing, balancing and
+// authorization as the net/http path. One serves one connection.
 type h1Router struct {
 	p *Proxy
 	l *httpListener
+	// src is the client's address, for authorization.
+	src netip.Addr
 }
 
 // Route implements h1.Router.
@@ -20,6 +23,10 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 	p := r.p
 	lcfg := r.l.cfg.Load()
 	stat := statName(lcfg)
+	if lcfg.Authz != nil && !r.authorizeH1(lcfg, req) {
+		p.metrics.request(stat, "", http.StatusForbidden)
+		return h1.Decision{Status: http.StatusForbidden}
+	}
 	st := p.state.Load()
 	rt := st.routes[lcfg.RouteName]
 	var rte *route
@@ -41,10 +48,11 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 		p.metrics.request(stat, "", http.StatusServiceUnavailable)
 		return h1.Decision{Status: http.StatusServiceUnavailable}
 	}
-	if cl.cfg.Protocol != config.UpstreamHTTP1 {
+	if cl.cfg.Protocol != config.UpstreamHTTP1 || (cl.tlsAddrs != nil && !p.bridgeOut()) {
 		// The table changed under a kept-alive h1 connection; setConfig
 		// has told it to close after this exchange, and the client's next
-		// connection goes to net/http, which speaks HTTP/2 upstream.
+		// connection goes to net/http, which speaks HTTP/2 upstream (over
+		// mutual TLS to TLS endpoints: never plaintext HTTP/1.1 to them).
 		p.metrics.request(stat, cl.name, http.StatusServiceUnavailable)
 		return h1.Decision{Status: http.StatusServiceUnavailable}
 	}
@@ -53,11 +61,24 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 		p.metrics.request(stat, cl.name, http.StatusServiceUnavailable)
 		return h1.Decision{Status: http.StatusServiceUnavailable}
 	}
+	// A TLS endpoint is a peer proxy: the request goes as an HTTP/2
+	// stream over mutual TLS (bridge.go), never as plaintext HTTP/1.1.
+	var up h1.Upstream
+	if cl.isTLS(ep.Address) {
+		if cl.tls.err != nil {
+			ep.Done()
+			p.warnOnce("cluster/"+cl.name, "tls endpoints not reached", "cluster", cl.name, "error", cl.tls.err)
+			p.metrics.request(stat, cl.name, http.StatusBadGateway)
+			return h1.Decision{Status: http.StatusBadGateway}
+		}
+		up = cl.tls
+	}
 	active := p.metrics.activeRequests.WithLabelValues(stat)
 	active.Inc()
 	return h1.Decision{
-		Addr:    ep.Address,
-		Timeout: rte.timeout,
+		Addr:     ep.Address,
+		Upstream: up,
+		Timeout:  rte.timeout,
 		// status is what the client was sent, the engine's own reply
 		// included; 0 (nothing sent: the client left) counts as 499.
 		Done: func(status int, err error) {

@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 
 // waitFor polls cond until it holds or the deadline passes. It never fails on
 // timing alone: the caller fails with what it observed.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -44,7 +44,7 @@ type testProxy struct {
 }
 
 // startProxy runs a proxy with s applied and waits for it to be ready.
-func startProxy(t *testing.T, cfg Config, s *config.Snapshot) *testProxy {
+func startProxy(t testing.TB, cfg Config, s *config.Snapshot) *testProxy {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	p := New(cfg, logger)
@@ -57,7 +57,7 @@ func startProxy(t *testing.T, cfg Config, s *config.Snapshot) *testProxy {
 	return tp
 }
 
-func (tp *testProxy) stop(t *testing.T) {
+func (tp *testProxy) stop(t testing.TB) {
 	t.Helper()
 	tp.cancel()
 	select {
@@ -73,7 +73,7 @@ func (tp *testProxy) stop(t *testing.T) {
 	}
 }
 
-func (tp *testProxy) addr(t *testing.T, listener string) string {
+func (tp *testProxy) addr(t testing.TB, listener string) string {
 	t.Helper()
 	var a net.Addr
 	waitFor(t, "listener "+listener+" bound", func() bool { a = tp.ListenerAddr(listener); return a != nil })
@@ -89,7 +89,7 @@ type backend struct {
 
 // startBackend serves h (or an echo handler when nil) on 127.0.0.1:0 with
 // HTTP/1.1 and h2c prior knowledge.
-func startBackend(t *testing.T, name string, h http.Handler) *backend {
+func startBackend(t testing.TB, name string, h http.Handler) *backend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -229,7 +229,7 @@ func isConnRefused(err error) bool {
 }
 
 // metricValue reads a counter or gauge.
-func metricValue(t *testing.T, m prometheus.Metric) float64 {
+func metricValue(t testing.TB, m prometheus.Metric) float64 {
 	t.Helper()
 	var d dto.Metric
 	if err := m.Write(&d); err != nil {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"log/slog"
@@ -30,6 +31,13 @@ type httpListener struct {
 	p   *Proxy
 	ln  net.Listener
 	cfg atomic.Pointer[config.Listener]
+	// port is the bound port, the destination port authorization sees.
+	port uint32
+	// tls serves the listener's mutual TLS when its config has a TLS
+	// context: such connections are sniffed first (a TLS record or, in
+	// permissive mode, plaintext), and TLS ones go to net/http, which
+	// serves HTTP/2 on them when "h2" was negotiated.
+	tls downstreamTLS
 
 	// netMu guards the net/http side: nh is built by the first connection
 	// that needs it, and never once draining is set. A mesh with many
@@ -50,13 +58,16 @@ type httpListener struct {
 	// joins conns any more.
 	accepted chan struct{}
 	conns    sync.WaitGroup        // connections owned by the accept loop
-	connsMu  sync.Mutex            // guards live and h1Conns
+	connsMu  sync.Mutex            // guards live, h1Conns and bridgeConns
 	live     map[net.Conn]struct{} // nil once drain has given up waiting
 	// h1Conns holds the cancels of the connections the h1 engine serves.
 	// They are cancelled (so they finish their exchange and close) when the
 	// listener's route table stops being HTTP/1.1-only, so that their
 	// clients reconnect and get net/http.
 	h1Conns map[net.Conn]context.CancelFunc
+	// bridgeConns does the same for the connections the HTTP/2 bridge
+	// serves, cancelled when the table stops being one it can serve.
+	bridgeConns map[net.Conn]context.CancelFunc
 }
 
 // netHTTP is the net/http side of an httpListener.
@@ -79,9 +90,11 @@ const (
 )
 
 func (p *Proxy) newHTTPListener(ln net.Listener, cl *config.Listener) *httpListener {
-	l := &httpListener{p: p, ln: ln, accepted: make(chan struct{}),
-		live: map[net.Conn]struct{}{}, h1Conns: map[net.Conn]context.CancelFunc{}}
+	l := &httpListener{p: p, ln: ln, port: addrPort(ln.Addr()), accepted: make(chan struct{}),
+		live: map[net.Conn]struct{}{}, h1Conns: map[net.Conn]context.CancelFunc{},
+		bridgeConns: map[net.Conn]context.CancelFunc{}}
 	l.cfg.Store(cl)
+	l.tls.update(p, cl)
 	return l
 }
 
@@ -101,10 +114,14 @@ func (l *httpListener) netHTTP() *netHTTP {
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
+	// HTTP/2 over the TLS connections the accept loop completed the
+	// handshake of: srv sees a *tls.Conn that negotiated "h2".
+	protos.SetHTTP2(true)
 	nh := &netHTTP{
 		srv: &http.Server{
 			Handler:           listenerHandler{p: l.p, l: l},
 			Protocols:         protos,
+			ConnContext:       connContext,
 			ReadHeaderTimeout: listenerReadHeaderTimeout,
 			IdleTimeout:       listenerIdleTimeout,
 			ErrorLog:          errLog,
@@ -138,11 +155,22 @@ func (l *httpListener) netHTTP() *netHTTP {
 
 func (l *httpListener) setConfig(cl *config.Listener) {
 	l.cfg.Store(cl)
+	l.tls.update(l.p, cl)
 	if !l.h1Eligible() {
 		l.connsMu.Lock()
 		for c, cancel := range l.h1Conns {
 			cancel()
 			delete(l.h1Conns, c)
+		}
+		l.connsMu.Unlock()
+	}
+	if !l.bridgeIn() {
+		// Cancelling a bridge connection drains it with GOAWAY; the peer's
+		// next connection gets net/http.
+		l.connsMu.Lock()
+		for c, cancel := range l.bridgeConns {
+			cancel()
+			delete(l.bridgeConns, c)
 		}
 		l.connsMu.Unlock()
 	}
@@ -159,7 +187,7 @@ func (l *httpListener) h1Eligible() bool {
 	}
 	st := l.p.state.Load()
 	rt := st.routes[l.cfg.Load().RouteName]
-	return rt == nil || rt.h1Only
+	return rt == nil || (rt.h1Only && (!rt.tlsEndpoints || l.p.bridgeOut()))
 }
 
 // serve runs the accept loop, which sends each connection either to the h1
@@ -236,15 +264,35 @@ var aLongTimeAgo = time.Unix(1, 0)
 // ctx ends when the listener starts draining: a connection still being
 // sniffed is closed, and one served by h1 finishes its exchange and closes.
 func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
+	// raw is the accepted connection, as tracked; c may become a view of
+	// it that replays sniffed bytes.
+	raw := c
 	tracked := true
 	defer func() {
 		if tracked {
-			l.untrack(c)
+			l.untrack(raw)
 		}
 	}()
+	if cl := l.cfg.Load(); tlsMode(cl) != config.TLSDisabled {
+		sc, isTLS, principal := l.p.acceptTLS(ctx, c, cl, &l.tls)
+		switch {
+		case sc == nil:
+			return
+		case isTLS && l.bridgeIn() && sc.(*tls.Conn).ConnectionState().NegotiatedProtocol == "h2":
+			l.dispatchBridge(ctx, raw, sc, principal)
+			return
+		case isTLS:
+			tracked = false
+			l.untrack(raw)
+			l.toNetHTTP(sc)
+			return
+		}
+		// Permissive plaintext: today's path, with the sniffed byte.
+		c = sc
+	}
 	if !l.h1Eligible() {
 		tracked = false
-		l.untrack(c)
+		l.untrack(raw)
 		l.toNetHTTP(c)
 		return
 	}
@@ -264,16 +312,16 @@ func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	l.connsMu.Lock()
-	l.h1Conns[c] = cancel
+	l.h1Conns[raw] = cancel
 	l.connsMu.Unlock()
 	defer func() {
 		l.connsMu.Lock()
-		delete(l.h1Conns, c)
+		delete(l.h1Conns, raw)
 		l.connsMu.Unlock()
 	}()
 	if string(head) == h2Preface || !l.h1Eligible() {
 		tracked = false
-		l.untrack(c)
+		l.untrack(raw)
 		l.toNetHTTP(&bufferedConn{Conn: c, r: br})
 		return
 	}
@@ -284,16 +332,38 @@ func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 			upgraded = &prefixConn{Conn: c, prefix: buffered}
 		},
 	}
-	err = h1.Serve(hctx, c, br, h1Router{p: l.p, l: l}, l.p.h1Pool, opts)
+	err = h1.Serve(hctx, c, br, h1Router{p: l.p, l: l, src: remoteIP(raw)}, l.p.h1Pool, opts)
 	if upgraded != nil {
 		tracked = false
-		l.untrack(c)
+		l.untrack(raw)
 		l.toNetHTTP(upgraded)
 		return
 	}
 	if err != nil && l.p.log.Enabled(ctx, slog.LevelDebug) {
 		l.p.log.Debug("h1 connection ended", "listener", l.cfg.Load().Name, "error", err)
 	}
+}
+
+// dispatchBridge serves a TLS connection with the HTTP/2 bridge. It stays
+// tracked (drain closes it past the deadline) and is registered in
+// bridgeConns, so that a table the bridge cannot serve drains it.
+func (l *httpListener) dispatchBridge(ctx context.Context, raw, tc net.Conn, principal string) {
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	l.connsMu.Lock()
+	l.bridgeConns[raw] = cancel
+	l.connsMu.Unlock()
+	defer func() {
+		l.connsMu.Lock()
+		delete(l.bridgeConns, raw)
+		l.connsMu.Unlock()
+	}()
+	if !l.bridgeIn() {
+		// The table changed since the check; the registration above makes
+		// any later change cancel hctx.
+		cancel()
+	}
+	l.serveBridge(hctx, tc, remoteIP(raw), principal)
 }
 
 // toNetHTTP gives c to net/http, or closes it when the listener is
@@ -442,6 +512,15 @@ type bufferedConn struct {
 }
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite half-closes the connection underneath, so that a TCP proxy
+// or a lingering close still can.
+func (c *bufferedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
 
 // prefixConn replays bytes the h1 engine read before handing c back.
 type prefixConn struct {

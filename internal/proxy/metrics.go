@@ -21,6 +21,14 @@ type metrics struct {
 	tcpConns         *prometheus.CounterVec
 	tcpActive        *prometheus.GaugeVec
 	tcpBytes         *prometheus.CounterVec
+	// Mutual TLS: downstream handshakes by negotiated ALPN, refused
+	// downstream connections by reason, failed upstream handshakes.
+	tlsHandshakes     *prometheus.CounterVec
+	tlsRefused        *prometheus.CounterVec
+	upstreamTLSFailed *prometheus.CounterVec
+	// bridgeConns counts HTTP/2 bridge connections (bridge.go) by side:
+	// inbound served, outbound opened.
+	bridgeConns *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -62,10 +70,27 @@ func newMetrics() *metrics {
 			Name: "verge_proxy_tcp_bytes_total",
 			Help: "Bytes proxied by TCP listeners, counted when a connection ends; direction sent is downstream to upstream.",
 		}, []string{"listener", "cluster", "direction"}),
+		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_proxy_downstream_tls_handshakes_total",
+			Help: "Mutual TLS handshakes completed on listeners, by negotiated ALPN protocol.",
+		}, []string{"listener", "alpn"}),
+		tlsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_proxy_downstream_tls_refused_total",
+			Help: "Connections refused by TLS listeners, by reason (plaintext, no_identity, no_client_certificate, bad_certificate, timeout, handshake, denied).",
+		}, []string{"listener", "reason"}),
+		upstreamTLSFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_proxy_upstream_tls_failures_total",
+			Help: "Mutual TLS connections to cluster endpoints that failed, by reason (no_identity, config, bad_certificate, timeout, handshake, alpn).",
+		}, []string{"cluster", "reason"}),
+		bridgeConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_proxy_h2_bridge_connections_total",
+			Help: "Mutual TLS connections carrying HTTP/1.1 between proxies over the HTTP/2 bridge, by side (inbound served, outbound opened).",
+		}, []string{"side"}),
 	}
 	m.reg.MustRegister(m.requests, m.activeRequests, m.upstreamOpened, m.upstreamActive,
 		m.h1UpstreamOpened, m.h1UpstreamActive,
 		m.tcpConns, m.tcpActive, m.tcpBytes,
+		m.tlsHandshakes, m.tlsRefused, m.upstreamTLSFailed, m.bridgeConns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -86,4 +111,5 @@ func (m *metrics) deleteCluster(name string) {
 	m.upstreamActive.DeletePartialMatch(l)
 	m.tcpConns.DeletePartialMatch(l)
 	m.tcpBytes.DeletePartialMatch(l)
+	m.upstreamTLSFailed.DeletePartialMatch(l)
 }

@@ -65,6 +65,11 @@ type Config struct {
 	// DisableH1FastPath serves HTTP/1.1 with net/http even where the h1
 	// engine could carry it.
 	DisableH1FastPath bool
+	// DisableH2Bridge carries HTTP/1.1 between proxies (HTTP/2 over mutual
+	// TLS) with net/http's HTTP/2 client and server instead of the
+	// bridge (bridge.go, package h2). The bridge is also off when the h1
+	// fast path is.
+	DisableH2Bridge bool
 	// SVID and Bundle are the proxy's own identity and the mesh's trust
 	// bundle for mutual TLS (proxy/svid implements both; they may change at
 	// any time, and every new handshake reads the current ones). Nil means
@@ -121,6 +126,10 @@ type Proxy struct {
 	// h1Pool holds the h1 engine's upstream connections, shared by all
 	// listeners (it is keyed by address); nil when the fast path is off.
 	h1Pool *h1.Pool
+
+	// warned holds the listener and cluster names whose missing identity
+	// was logged (warnOnce).
+	warned sync.Map
 }
 
 // state is one published snapshot with its compiled form.
@@ -134,6 +143,8 @@ type state struct {
 type cluster struct {
 	cfg *config.Cluster
 	*pool
+	// tlsAddrs are the endpoints reached with mutual TLS (tlsEndpoints).
+	tlsAddrs map[string]struct{}
 }
 
 // pool is the state of one cluster that survives snapshots as long as the
@@ -148,6 +159,9 @@ type pool struct {
 	// up is shared by the copies of the pool that successive states hold,
 	// so a transport one of them builds serves them all.
 	up *upstream
+	// tls reaches the cluster's TLS endpoints; nil when it has no TLS
+	// settings. Shared like up while the settings stay the same.
+	tls *tlsUpstream
 }
 
 // upstream is a cluster's net/http connection pool, built on first use.
@@ -254,7 +268,7 @@ func (p *Proxy) compileLocked(s *config.Snapshot) *state {
 			// is carried over below when compatible.
 			old := pl
 			pl = &pool{name: name, lb: cc.LB, bal: balancer.New(cc.LB, cc.Endpoints),
-				protocol: old.protocol, connectTimeout: old.connectTimeout, up: old.up}
+				protocol: old.protocol, connectTimeout: old.connectTimeout, up: old.up, tls: old.tls}
 		default:
 			pl.bal.Update(cc.Endpoints)
 			// Copy so the pool published in the previous state stays
@@ -270,12 +284,23 @@ func (p *Proxy) compileLocked(s *config.Snapshot) *state {
 			pl.protocol, pl.connectTimeout = cc.Protocol, ct
 			pl.up = p.newUpstream(name, cc.Protocol, ct)
 		}
+		switch {
+		case cc.TLS == nil:
+			pl.tls.closeIdle()
+			pl.tls = nil
+		case pl.tls == nil || pl.tls.settings != upstreamTLSSettings(cc.TLS, ct):
+			// New peer IDs or ALPN: connections authorized under the old
+			// settings must not serve new requests.
+			pl.tls.closeIdle()
+			pl.tls = p.newTLSUpstream(name, cc.TLS, ct)
+		}
 		next[name] = pl
-		st.clusters[name] = &cluster{cfg: cc, pool: pl}
+		st.clusters[name] = &cluster{cfg: cc, pool: pl, tlsAddrs: tlsEndpoints(cc)}
 	}
 	for name, old := range p.pools {
 		if _, ok := next[name]; !ok {
 			old.up.closeIdle()
+			old.tls.closeIdle()
 			// Cluster names come and go with services; without this
 			// their series would be exported forever.
 			p.metrics.deleteCluster(name)
@@ -436,6 +461,7 @@ func (p *Proxy) shutdown(wg *sync.WaitGroup, open map[listenerKey]running) {
 	p.updateMu.Lock()
 	for _, pl := range p.pools {
 		pl.up.closeIdle()
+		pl.tls.close()
 	}
 	p.updateMu.Unlock()
 	if p.h1Pool != nil {

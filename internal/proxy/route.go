@@ -24,8 +24,13 @@ type routeTable struct {
 	prefix []wildcard // "example.*", longest prefix first
 	any    *vhost     // "*"
 	// h1Only is true when every cluster the table can route to speaks
-	// HTTP/1.1, so the HTTP/1.1 fast path may carry its connections.
-	h1Only bool
+	// HTTP/1.1 (and no route answers with a body of its own), so the
+	// HTTP/1.1 fast path may carry its connections. tlsEndpoints is set
+	// when one of those clusters has endpoints reached with mutual TLS
+	// (peer proxies): the fast path reaches them through the HTTP/2 bridge
+	// (bridge.go), and the inbound bridge does not serve such a table.
+	h1Only       bool
+	tlsEndpoints bool
 }
 
 type wildcard struct {
@@ -85,6 +90,9 @@ func compileRouteTable(rt *config.RouteTable, clusters map[string]*cluster) *rou
 				r.clusters = append(r.clusters, c)
 				if c != nil && c.cfg.Protocol != config.UpstreamHTTP1 {
 					t.h1Only = false
+				}
+				if c != nil && c.tlsAddrs != nil {
+					t.tlsEndpoints = true
 				}
 			}
 			vh.routes = append(vh.routes, r)

@@ -17,6 +17,11 @@ type tcpListener struct {
 	p   *Proxy
 	ln  net.Listener
 	cfg atomic.Pointer[config.Listener]
+	// port is the bound port, the destination port authorization sees.
+	port uint32
+	// tls serves the listener's mutual TLS (ALPN "verge-tcp" between
+	// proxies) when its config has a TLS context.
+	tls downstreamTLS
 
 	// accepted is closed when serve returns.
 	accepted chan struct{}
@@ -29,14 +34,18 @@ type tcpListener struct {
 }
 
 func (p *Proxy) newTCPListener(ln net.Listener, cl *config.Listener) *tcpListener {
-	l := &tcpListener{p: p, ln: ln, accepted: make(chan struct{}), conns: map[net.Conn]context.CancelFunc{}}
+	l := &tcpListener{p: p, ln: ln, port: addrPort(ln.Addr()), accepted: make(chan struct{}), conns: map[net.Conn]context.CancelFunc{}}
 	l.cfg.Store(cl)
+	l.tls.update(p, cl)
 	return l
 }
 
-func (l *tcpListener) setConfig(cl *config.Listener) { l.cfg.Store(cl) }
-func (l *tcpListener) addr() net.Addr                { return l.ln.Addr() }
-func (l *tcpListener) closeSocket()                  { _ = l.ln.Close() }
+func (l *tcpListener) setConfig(cl *config.Listener) {
+	l.cfg.Store(cl)
+	l.tls.update(l.p, cl)
+}
+func (l *tcpListener) addr() net.Addr { return l.ln.Addr() }
+func (l *tcpListener) closeSocket()   { _ = l.ln.Close() }
 
 func (l *tcpListener) serve(ctx context.Context) {
 	defer close(l.accepted)
@@ -103,6 +112,25 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 	lcfg := l.cfg.Load()
 	stat := statName(lcfg)
 	m := l.p.metrics
+	// raw stays the socket the drain and the idle timer cut; down may
+	// become the TLS connection over it.
+	raw := down
+	principal := ""
+	if tlsMode(lcfg) != config.TLSDisabled {
+		sc, _, id := l.p.acceptTLS(ctx, down, lcfg, &l.tls)
+		if sc == nil {
+			return
+		}
+		down, principal = sc, id
+		// Closes the TLS connection too (close_notify), then raw again,
+		// which is harmless.
+		defer down.Close()
+	}
+	if lcfg.Authz != nil && !l.p.authorizeConn(lcfg, principal, remoteIP(raw), l.port) {
+		l.p.log.Debug("tcp connection denied", "listener", stat, "principal", principal)
+		m.tcpConns.WithLabelValues(stat, lcfg.Cluster, "denied").Inc()
+		return
+	}
 	active := m.tcpActive.WithLabelValues(stat)
 	active.Inc()
 	defer active.Dec()
@@ -119,18 +147,17 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 		return
 	}
 	defer ep.Done()
-	d := net.Dialer{Timeout: cl.connectTimeout}
-	up, err := d.DialContext(ctx, "tcp", ep.Address)
+	up, upRaw, err := l.dialUpstream(ctx, cl, ep.Address)
 	if err != nil {
 		l.p.log.Debug("tcp upstream connect failed", "listener", stat, "cluster", cl.name, "endpoint", ep.Address, "error", err)
 		m.tcpConns.WithLabelValues(stat, cl.name, "connect_failed").Inc()
 		return
 	}
-	if !l.track(up, nil) {
+	if !l.track(upRaw, nil) {
 		_ = up.Close()
 		return
 	}
-	defer l.untrack(up)
+	defer l.untrack(upRaw)
 	defer up.Close()
 	m.tcpConns.WithLabelValues(stat, cl.name, "proxied").Inc()
 
@@ -159,8 +186,10 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 			return
 		}
 		l.p.log.Debug("tcp connection idle", "listener", stat, "cluster", cl.name, "timeout", idle)
-		_ = down.Close()
-		_ = up.Close()
+		// The sockets, not the TLS connections: closing those would
+		// first try to send close_notify.
+		_ = raw.Close()
+		_ = upRaw.Close()
 	})
 	timerMu.Unlock()
 	defer func() {
@@ -186,6 +215,30 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 	wg.Wait()
 	m.tcpBytes.WithLabelValues(stat, cl.name, "sent").Add(float64(sent))
 	m.tcpBytes.WithLabelValues(stat, cl.name, "received").Add(float64(received))
+}
+
+// dialUpstream connects to addr, with mutual TLS when the cluster reaches
+// it so. It returns the connection to proxy to and the socket under it.
+func (l *tcpListener) dialUpstream(ctx context.Context, cl *cluster, addr string) (net.Conn, net.Conn, error) {
+	d := net.Dialer{Timeout: cl.connectTimeout}
+	if !cl.isTLS(addr) {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		return c, c, err
+	}
+	u := cl.tls
+	if u.err != nil {
+		l.p.warnOnce("cluster/"+cl.name, "tls endpoints not reached", "cluster", cl.name, "error", u.err)
+		return nil, nil, u.unusable(cl.name, addr)
+	}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	tc, err := u.handshake(ctx, cl.name, addr, raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tc, raw, nil
 }
 
 // copyProgress copies src to dst until EOF or an error, with a pooled

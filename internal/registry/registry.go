@@ -31,6 +31,15 @@ import (
 	"verge.dev/verge/internal/xds/translate"
 )
 
+// ReconnectGrace is how long after the registry starts a proxied workload
+// whose proxy has not connected to this control plane yet keeps its
+// endpoints (health unknown, which clients treat as healthy) instead of
+// losing them. After a control-plane restart every proxy reconnects within
+// its xDS backoff (at most 5 s); without the grace, the first proxies back
+// would be told that every other workload is gone, and traffic that never
+// needed the control plane would fail.
+const ReconnectGrace = 15 * time.Second
+
 // DefaultDebounce is how long the registry waits after a change for more
 // changes before it publishes a mesh.
 const DefaultDebounce = 50 * time.Millisecond
@@ -70,6 +79,12 @@ type Registry struct {
 	ready map[string]bool
 	// conns counts open xDS streams per "namespace/name".
 	conns map[string]int
+	// seen holds the workloads whose proxy has connected since the
+	// registry started; graceUntil ends the ReconnectGrace for the others.
+	seen       map[string]bool
+	graceUntil time.Time
+	// grace is ReconnectGrace; tests of health transitions set it to 0.
+	grace time.Duration
 }
 
 // New returns a registry over st. It does not touch st until Run.
@@ -84,6 +99,8 @@ func New(st store.Store, logger *slog.Logger) *Registry {
 		listed:   map[string]bool{},
 		ready:    map[string]bool{},
 		conns:    map[string]int{},
+		seen:     map[string]bool{},
+		grace:    ReconnectGrace,
 	}
 }
 
@@ -98,6 +115,13 @@ func (r *Registry) Meshes() <-chan translate.Mesh { return r.meshes }
 // returns an error for a bug.
 func (r *Registry) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
+	r.mu.Lock()
+	r.graceUntil = time.Now().Add(r.grace)
+	r.mu.Unlock()
+	// When the grace ends, workloads whose proxies never came back lose
+	// their endpoints: publish again then.
+	grace := time.AfterFunc(r.grace, r.signal)
+	defer grace.Stop()
 	for _, k := range v1alpha1.Kinds {
 		g.Go(func() error { return r.watchKind(ctx, k) })
 	}
@@ -270,6 +294,7 @@ func (r *Registry) Mesh() (m translate.Mesh, ok bool) {
 	sortObjects(m.HTTPRoutes)
 	sortObjects(m.GRPCRoutes)
 	sortObjects(m.DestinationPolicies)
+	sortObjects(m.MeshTLSes)
 	return m, true
 }
 
@@ -292,6 +317,9 @@ func (r *Registry) healthLocked(wl *v1alpha1.Workload) translate.Health {
 	ready, reported := r.ready[key]
 	if r.conns[key] > 0 && (ready || !reported) {
 		return translate.HealthHealthy
+	}
+	if r.conns[key] == 0 && !r.seen[key] && time.Now().Before(r.graceUntil) {
+		return translate.HealthUnknown
 	}
 	return translate.HealthUnhealthy
 }
@@ -328,7 +356,7 @@ func (r *Registry) updateHealth(ns, name string, f func(key string)) {
 // ProxyConnected records one more open xDS stream of workload ns/name's
 // proxy. It implements xds.ConnectionObserver; it does not block.
 func (r *Registry) ProxyConnected(ns, name string) {
-	r.updateHealth(ns, name, func(key string) { r.conns[key]++ })
+	r.updateHealth(ns, name, func(key string) { r.conns[key]++; r.seen[key] = true })
 }
 
 // ProxyDisconnected records the end of one xDS stream of workload ns/name's

@@ -88,8 +88,15 @@ func workload(name, app string, proxied bool) *v1alpha1.Workload {
 
 func run(t *testing.T, st store.Store) *Registry {
 	t.Helper()
+	return runGrace(t, st, 0)
+}
+
+// runGrace runs a registry whose ReconnectGrace is grace.
+func runGrace(t *testing.T, st store.Store, grace time.Duration) *Registry {
+	t.Helper()
 	r := New(st, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})))
 	r.debounce = 5 * time.Millisecond
+	r.grace = grace
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -244,6 +251,22 @@ func TestCoalescing(t *testing.T) {
 	}
 	// Whatever intermediate meshes were dropped, the newest arrives.
 	waitMesh(t, r, summary{Workloads: want, Health: map[string]translate.Health{}})
+}
+
+// TestReconnectGrace: after a (re)start, a proxied workload whose proxy has
+// not connected yet keeps its endpoints (health unknown) for the grace, and
+// is unhealthy once the grace is over; one that connected is healthy at once.
+func TestReconnectGrace(t *testing.T) {
+	st := newStore(t)
+	put(t, st, workload("p", "p", true))
+	put(t, st, workload("q", "q", true))
+	r := runGrace(t, st, 500*time.Millisecond)
+	waitMesh(t, r, summary{Workloads: []string{"default/p", "default/q"}, Health: map[string]translate.Health{}})
+	r.ProxyConnected("default", "q")
+	waitMesh(t, r, summary{Workloads: []string{"default/p", "default/q"},
+		Health: map[string]translate.Health{"default/q": translate.HealthHealthy}})
+	waitMesh(t, r, summary{Workloads: []string{"default/p", "default/q"},
+		Health: map[string]translate.Health{"default/p": translate.HealthUnhealthy, "default/q": translate.HealthHealthy}})
 }
 
 func TestHealth(t *testing.T) {

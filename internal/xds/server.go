@@ -1,5 +1,5 @@
 // Package xds owns the control plane's xDS server: the gRPC ADS endpoint (and
-// the separate LDS, RDS, CDS and EDS services, state-of-the-world and delta)
+// the separate LDS, RDS, CDS, EDS and SDS services, state-of-the-world and delta)
 // built on go-control-plane, the per-client snapshots it offers, and what it
 // knows of each client (sent, acknowledged and rejected versions). It does not
 // translate mesh resources (package xds/translate does) nor keep them (package
@@ -22,6 +22,12 @@
 // serving the last configuration it accepted until it is stopped; a proxy
 // whose Workload does not exist yet waits for it. A node that reconnects
 // naming a different workload is re-read on each new stream and republished.
+//
+// Trust bundle: once SetTrustBundle has been called, every Verge proxy's
+// snapshot carries the SDS secret "ROOTCA" (translate.TrustBundleSecret), so
+// a new root reaches every proxy as a new secret version; the proxyless view
+// never carries it. Mutual TLS in the translated resources (Mesh.MTLS) is
+// honoured only while a bundle is set, since every TLS context refers to it.
 package xds
 
 import (
@@ -37,11 +43,13 @@ import (
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -84,6 +92,13 @@ type Config struct {
 	GoneAfter time.Duration
 	// ShutdownTimeout bounds the graceful drain of streams; default 5 s.
 	ShutdownTimeout time.Duration
+	// ServerOptions are added to the gRPC server's own (the control plane
+	// installs its transport credentials and the check that a proxy's
+	// certificate matches the workload it claims).
+	ServerOptions []grpc.ServerOption
+	// MTLS turns on mutual TLS between Verge proxies in every translated
+	// mesh, once a trust bundle is set (see SetTrustBundle).
+	MTLS bool
 }
 
 // Server is the xDS server. Create it with New, serve with Run. ProxyStatus
@@ -111,6 +126,13 @@ type Server struct {
 	// published maps a node ID to the workload key ("" for proxyless) of
 	// the snapshot last set for it. Guarded by pubMu.
 	published map[string]string
+	// mesh is the latest mesh as received (hasMesh once one came); bundle
+	// and bundleTD are the trust bundle secret and its trust domain, nil
+	// until SetTrustBundle. Guarded by pubMu.
+	mesh     translate.Mesh
+	hasMesh  bool
+	bundle   *tlsv3.Secret
+	bundleTD string
 
 	// mu guards the fields below; never held while calling out.
 	mu      sync.Mutex
@@ -197,6 +219,7 @@ var servedTypes = map[string]bool{
 	resource.RouteType:    true,
 	resource.ClusterType:  true,
 	resource.EndpointType: true,
+	resource.SecretType:   true,
 }
 
 // maxNACKBytes bounds the NACK message kept and logged per type.
@@ -273,7 +296,7 @@ func cacheKind(node *corev3.Node) string {
 func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	g, ctx := errgroup.WithContext(ctx)
 
-	gs := grpc.NewServer(
+	gs := grpc.NewServer(append([]grpc.ServerOption{
 		// Verge proxies ping every 10 s to notice a dead control plane
 		// quickly; without this policy grpc-go would close them with
 		// ENHANCE_YOUR_CALM. MinTime sits below 10 s so that timer jitter
@@ -286,13 +309,14 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 			Time:    30 * time.Second,
 			Timeout: 10 * time.Second,
 		}),
-	)
+	}, s.cfg.ServerOptions...)...)
 	xs := serverv3.NewServer(ctx, s.mux, s.callbacks())
 	discovery.RegisterAggregatedDiscoveryServiceServer(gs, xs)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xs)
 	routeservice.RegisterRouteDiscoveryServiceServer(gs, xs)
 	clusterservice.RegisterClusterDiscoveryServiceServer(gs, xs)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(gs, xs)
+	secretservice.RegisterSecretDiscoveryServiceServer(gs, xs)
 
 	s.logger.Info("xds server started", "addr", lis.Addr().String())
 	g.Go(func() error {
@@ -346,9 +370,41 @@ func (s *Server) loop(ctx context.Context) error {
 	}
 }
 
+// SetTrustBundle makes rootsDER (DER certificates, every root a peer may
+// chain to) the trust bundle served to every Verge proxy as the SDS secret
+// "ROOTCA", and trustDomain the mesh's trust domain when the Mesh names
+// none. Proxies get the new bundle at once; until the first call no secret is
+// served and Mesh.MTLS is ignored. Safe to call at any time, before or
+// during Run, from any goroutine.
+func (s *Server) SetTrustBundle(trustDomain string, rootsDER [][]byte) {
+	secret := translate.TrustBundleSecret(rootsDER)
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	s.bundle, s.bundleTD = secret, trustDomain
+	s.logger.Info("trust bundle set", "trust_domain", trustDomain, "roots", len(rootsDER))
+	if s.hasMesh {
+		s.rebuildLocked()
+	}
+}
+
 // apply makes m the current mesh and updates every known node's snapshot.
 func (s *Server) apply(m translate.Mesh) {
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	s.mesh, s.hasMesh = m, true
+	s.rebuildLocked()
+}
+
+// rebuildLocked translates the current mesh with the current trust bundle
+// and updates every known node's snapshot. s.pubMu must be held: a
+// translation from an older mesh or bundle must never replace a newer one.
+func (s *Server) rebuildLocked() {
 	start := time.Now()
+	m := s.mesh
+	m.MTLS = (m.MTLS || s.cfg.MTLS) && s.bundle != nil
+	if m.TrustDomain == "" {
+		m.TrustDomain = s.bundleTD
+	}
 	st := &meshState{
 		ix:        translate.NewIndex(m),
 		workloads: make(map[string]*v1alpha1.Workload, len(m.Workloads)),
@@ -357,9 +413,6 @@ func (s *Server) apply(m translate.Mesh) {
 	for _, wl := range m.Workloads {
 		st.workloads[wl.Namespace+"/"+wl.Name] = wl
 	}
-
-	s.pubMu.Lock()
-	defer s.pubMu.Unlock()
 	s.cur = st
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.nodes))
@@ -402,7 +455,11 @@ func (s *Server) publishLocked(id string) {
 		if wl == nil {
 			snap = s.snapshot(id, key, s.cur.ix.ForProxyless())
 		} else {
-			snap = s.snapshot(id, key, s.cur.ix.ForWorkload(wl))
+			r := s.cur.ix.ForWorkload(wl)
+			if s.bundle != nil {
+				r.Secrets = []*tlsv3.Secret{s.bundle}
+			}
+			snap = s.snapshot(id, key, r)
 		}
 		s.cur.snaps[key] = snap
 	}

@@ -14,13 +14,15 @@ import (
 	"verge.dev/verge/internal/xds/translate"
 )
 
-// typeOrder lists the four types the server offers, in the order ADS clients
-// should apply them (clusters before their endpoints, listeners before their
-// routes).
+// typeOrder lists the types the server offers, in the order ADS clients
+// should apply them (secrets before the clusters and listeners whose TLS
+// contexts use them, clusters before their endpoints, listeners before
+// their routes).
 var typeOrder = []struct {
 	url string
 	typ types.ResponseType
 }{
+	{resource.SecretType, types.Secret},
 	{resource.ClusterType, types.Cluster},
 	{resource.EndpointType, types.Endpoint},
 	{resource.ListenerType, types.Listener},
@@ -45,6 +47,9 @@ func buildSnapshot(r translate.Resources) (*cache.Snapshot, error) {
 	}
 	for _, e := range r.Endpoints {
 		byType[types.Endpoint] = append(byType[types.Endpoint], e)
+	}
+	for _, sec := range r.Secrets {
+		byType[types.Secret] = append(byType[types.Secret], sec)
 	}
 
 	snap := &cache.Snapshot{}

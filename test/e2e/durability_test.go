@@ -24,6 +24,7 @@ func TestAcceptedWritesSurviveKill9(t *testing.T) {
 			}
 			dataDir := t.TempDir()
 			c := startCP(t, dataDir, extra...)
+			admin := c.adminToken(t)
 			acked := make(chan string, 10000)
 			done := make(chan struct{})
 			go func() {
@@ -34,6 +35,7 @@ func TestAcceptedWritesSurviveKill9(t *testing.T) {
 					body := fmt.Sprintf(`{"apiVersion":"verge.dev/v1alpha1","kind":"Service","metadata":{"name":%q},"spec":{"ports":[{"port":80}]}}`, name)
 					req, _ := http.NewRequest(http.MethodPut, c.api+"/apis/verge.dev/v1alpha1/namespaces/default/services/"+name, strings.NewReader(body))
 					req.Header.Set("Content-Type", "application/json")
+					req.Header.Set("Authorization", "Bearer "+admin)
 					resp, err := hc.Do(req)
 					if err != nil {
 						return // the control plane is gone

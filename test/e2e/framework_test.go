@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"verge.dev/verge/internal/proxy/svid"
 )
 
 // proc is one verge process started by a test.
@@ -172,13 +175,27 @@ func startCPAt(t *testing.T, dataDir, api, xds string, extra ...string) *cp {
 	return &cp{proc: p, api: api, xds: xds, dataDir: dataDir}
 }
 
+// adminToken is the admin token the control plane wrote on first start.
+func (c *cp) adminToken(t *testing.T) string {
+	t.Helper()
+	tok, err := os.ReadFile(filepath.Join(c.dataDir, "admin-token"))
+	if err != nil {
+		t.Fatalf("admin token: %v", err)
+	}
+	return strings.TrimSpace(string(tok))
+}
+
 // verge runs the CLI against the control plane and returns its combined
 // output and exit code.
 func (c *cp) verge(t *testing.T, stdin string, args ...string) (string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, vergeBin, append([]string{"--server", c.api}, args...)...)
+	global := []string{"--server", c.api}
+	if tok, err := os.ReadFile(filepath.Join(c.dataDir, "admin-token")); err == nil {
+		global = append(global, "--token", strings.TrimSpace(string(tok)))
+	}
+	cmd := exec.CommandContext(ctx, vergeBin, append(global, args...)...)
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
@@ -223,6 +240,13 @@ type proxyOpts struct {
 	outbound []string // "SVC:PORT=LOCAL"
 	dataDir  string
 	extra    []string
+	// sa is the workload's service account ("default" when empty).
+	sa string
+	// token is the join token to start with; when empty and the data
+	// dir holds no identity yet, startProxy creates a single-use one for
+	// sa. noIdentity starts the proxy without any.
+	token      string
+	noIdentity bool
 }
 
 // proxy is a running verge proxy.
@@ -239,6 +263,15 @@ func startProxy(t *testing.T, c *cp, o proxyOpts) *proxy {
 	args := []string{"proxy", "--server", c.api, "--xds-addr", c.xds, "--name", o.name, "--labels", o.labels,
 		"--address", string(o.host), "--app-address", string(o.host), "--outbound-address", string(o.host),
 		"--admin-addr", o.host.addr(0), "--data-dir", o.dataDir, "--log-level", "debug", "--drain-timeout", "5s"}
+	if o.sa != "" {
+		args = append(args, "--service-account", o.sa)
+	}
+	if o.token == "" && !o.noIdentity && !hasIdentity(o.dataDir) {
+		o.token = c.joinToken(t, cmp.Or(o.sa, "default"))
+	}
+	if o.token != "" {
+		args = append(args, "--join-token", o.token)
+	}
 	for _, s := range o.inbound {
 		args = append(args, "--inbound", s)
 	}
@@ -250,6 +283,25 @@ func startProxy(t *testing.T, c *cp, o proxyOpts) *proxy {
 	l := p.waitLog("proxy started", 30*time.Second)
 	px := &proxy{proc: p, admin: "http://" + l["admin"].(string)}
 	return px
+}
+
+// hasIdentity reports whether a proxy data dir already holds an identity
+// from an earlier start.
+func hasIdentity(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, svid.FileName))
+	return err == nil
+}
+
+// joinToken creates a single-use join token for the service account sa in
+// namespace default.
+func (c *cp) joinToken(t *testing.T, sa string) string {
+	t.Helper()
+	out, code := c.verge(t, "", "token", "create", "--service", sa)
+	tok := tokenRE.FindString(out)
+	if code != 0 || tok == "" {
+		t.Fatalf("verge token create --service %s: exit %d\n%s", sa, code, out)
+	}
+	return tok
 }
 
 // waitReady waits until the proxy's /ready answers 200.

@@ -193,6 +193,7 @@ spec:
 	req, _ := http.NewRequest(http.MethodPut, c.api+"/apis/verge.dev/v1alpha1/namespaces/default/services/web",
 		strings.NewReader(`{"apiVersion":"verge.dev/v1alpha1","kind":"Service","metadata":{"name":"web"},"spec":{"ports":[{"port":0},{"port":70000,"protocol":"QUIC"}]}}`))
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+c.adminToken(t))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +209,10 @@ spec:
 	}
 
 	// Garbage is a clear 400, not a crash.
-	resp2, err := http.Post(c.api+"/apis/verge.dev/v1alpha1/namespaces/default/services", "application/json", strings.NewReader("\x00\x01{{{"))
+	req2, _ := http.NewRequest(http.MethodPost, c.api+"/apis/verge.dev/v1alpha1/namespaces/default/services", strings.NewReader("\x00\x01{{{"))
+	req2.Header.Set("Content-Type", "application/json")
+	req2.Header.Set("Authorization", "Bearer "+c.adminToken(t))
+	resp2, err := http.DefaultClient.Do(req2)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -224,7 +224,7 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 	}
 
 	// Verge.
-	if want("verge1") || want("verge2") {
+	if want("verge1") || want("verge2") || want("verge2-mtls") {
 		r.verge = setupVerge(ctx, o, dir, bHTTP, bGRPC, &procs, logger)
 		v := r.verge
 		c1 := &caseDef{key: "verge1", title: "Verge 1 hop", path: "client → Verge proxy (inbound) → backend", setupErr: v.err}
@@ -240,6 +240,17 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 		}
 		add(c1)
 		add(c2)
+		c3 := &caseDef{key: "verge2-mtls", title: "Verge 2 hops, mTLS",
+			path: "client → Verge proxy (outbound) → HTTP/2 over mTLS → Verge proxy (inbound) → backend", setupErr: v.err}
+		if v.err == nil {
+			c3.setupErr = v.mtlsErr
+		}
+		if env := v.mtls; c3.setupErr == nil {
+			c3.http, c3.grpc = env.outHTTP, env.outGRPC
+			c3.pids = []int{backend.pid(), env.server.pid(), env.client.pid(), env.cp.pid()}
+			c3.vergeProxies = []*proc{env.server, env.client}
+		}
+		add(c3)
 	}
 
 	// Every case must carry one request of each protocol before it is
@@ -348,6 +359,9 @@ type vergeSetup struct {
 	proxyBin string
 	env      *vergeEnv
 	err      error
+	// mtls is the zero-trust environment; mtlsErr its setup error.
+	mtls    *vergeEnv
+	mtlsErr error
 }
 
 func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs *[]*proc, logger *slog.Logger) *vergeSetup {
@@ -367,7 +381,11 @@ func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs 
 		v.proxyBin = v.bin.verge
 	}
 	logger.Info("starting verge control plane and proxies")
-	v.env, v.err = startVerge(ctx, dir, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+	v.env, v.err = startVerge(ctx, dir, "plain", plainIPs, false, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+	if v.err == nil && o.cases.MatchString("verge2-mtls") {
+		logger.Info("starting the zero-trust verge control plane and proxies")
+		v.mtls, v.mtlsErr = startVerge(ctx, dir, "mtls", mtlsIPs, true, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+	}
 	return v
 }
 

@@ -146,6 +146,15 @@ func (r *report) floors() []floor {
 	}
 	fs = append(fs, f)
 
+	const closed64 = 2
+	f = floor{name: "mTLS throughput", rule: "Verge 2 hops with mTLS req/s ÷ Verge 2 hops plaintext req/s, HTTP/1.1, 64 connections ≥ 0.85"}
+	if m, v := r.cell(load.HTTP1, closed64, "verge2-mtls"), r.cell(load.HTTP1, closed64, "verge2"); m != nil && v != nil {
+		q := m.res.RequestsPerSecond() / v.res.RequestsPerSecond()
+		f.known, f.pass = true, q >= 0.85
+		f.value = fmt.Sprintf("%.2f (%.0f ÷ %.0f)", q, m.res.RequestsPerSecond(), v.res.RequestsPerSecond())
+	}
+	fs = append(fs, f)
+
 	f = floor{name: "Idle memory", rule: fmt.Sprintf("RSS of an idle proxy with %d services × %d endpoints < 15 MiB", scaleServices, scaleEndpoints)}
 	if r.scale != nil && r.scale.rss > 0 && r.scaleErr == nil {
 		f.known, f.pass = true, r.scale.rss < 15<<20

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -21,10 +22,20 @@ import (
 // Loopback addresses of the Verge cases. Each process gets its own IP so
 // the fixed ports Verge's flags take never clash with anything else.
 const (
-	ipServerProxy = "127.88.0.2"
-	ipClientProxy = "127.88.0.3"
-	ipControl     = "127.88.0.4"
-	ipScaleProxy  = "127.88.0.5"
+	ipScaleProxy = "127.88.0.5"
+)
+
+// vergeIPs are the loopback addresses of one Verge environment.
+type vergeIPs struct{ control, server, client string }
+
+// The plaintext environment (a control plane run with
+// --insecure-allow-anonymous: proxies without identity, no mTLS) and the
+// zero-trust one (join tokens, SVIDs, MeshTLS STRICT), side by side in one
+// run so that the mTLS case is compared with the plaintext one under the
+// same machine state.
+var (
+	plainIPs = vergeIPs{control: "127.88.0.4", server: "127.88.0.2", client: "127.88.0.3"}
+	mtlsIPs  = vergeIPs{control: "127.88.0.8", server: "127.88.0.6", client: "127.88.0.7"}
 )
 
 // binaries are the Verge programs the harness built, stripped (run) and
@@ -64,7 +75,11 @@ func buildVerge(ctx context.Context, root, dir string) (binaries, error) {
 // vergeEnv is a running control plane with a server-side and a client-side
 // proxy in front of the backend.
 type vergeEnv struct {
-	api, xds       string
+	api, xds string
+	// admin is the control plane's admin token; secure says whether the
+	// proxies have identities and talk mTLS.
+	admin          string
+	secure         bool
 	cp             *proc
 	server, client *proc
 	serverAdmin    string
@@ -83,11 +98,16 @@ const (
 
 // startVerge starts the control plane, applies the backend's Services and
 // starts the two proxies; it returns once both report ready.
-func startVerge(ctx context.Context, dir string, bin binaries, proxyBin string, backendHTTP, backendGRPC string, procs *[]*proc) (*vergeEnv, error) {
-	env := &vergeEnv{}
-	cp, err := startProc(dir, "verge-control-plane", bin.verge, "control-plane",
-		"--api-addr", ipControl+":0", "--xds-addr", ipControl+":0", "--sync-addr", ipControl+":0",
-		"--data-dir", filepath.Join(dir, "cp-data"), "--log-format", "json")
+func startVerge(ctx context.Context, dir, name string, ips vergeIPs, secure bool, bin binaries, proxyBin string, backendHTTP, backendGRPC string, procs *[]*proc) (*vergeEnv, error) {
+	env := &vergeEnv{secure: secure}
+	dataDir := filepath.Join(dir, name+"-cp-data")
+	args := []string{bin.verge, "control-plane",
+		"--api-addr", ips.control + ":0", "--xds-addr", ips.control + ":0", "--sync-addr", ips.control + ":0",
+		"--data-dir", dataDir, "--log-format", "json"}
+	if !secure {
+		args = append(args, "--insecure-allow-anonymous")
+	}
+	cp, err := startProc(dir, name+"-control-plane", args...)
 	if err != nil {
 		return nil, err
 	}
@@ -102,6 +122,11 @@ func startVerge(ctx context.Context, dir string, bin binaries, proxyBin string, 
 		return nil, fmt.Errorf("control plane ready line %q: want api and xds attributes", line)
 	}
 	env.api, env.xds = "http://"+ready.API, ready.XDS
+	tok, err := os.ReadFile(filepath.Join(dataDir, "admin-token"))
+	if err != nil {
+		return nil, fmt.Errorf("read the control plane's admin token: %w", err)
+	}
+	env.admin = strings.TrimSpace(string(tok))
 
 	bh, bhPort, err := splitHostPort(backendHTTP)
 	if err != nil {
@@ -123,30 +148,40 @@ func startVerge(ctx context.Context, dir string, bin binaries, proxyBin string, 
 				"ports":    []map[string]any{{"port": svc.port, "targetPort": svc.target, "protocol": svc.protocol}},
 			},
 		}
-		if err := putResource(ctx, http.DefaultClient, env.api, "services", svc.name, obj); err != nil {
+		if err := putResource(ctx, http.DefaultClient, env, "default", "services", svc.name, obj); err != nil {
+			return nil, err
+		}
+	}
+	if secure {
+		obj := map[string]any{
+			"apiVersion": "verge.dev/v1alpha1", "kind": "MeshTLS",
+			"metadata": map[string]any{"name": "mesh", "namespace": "verge-system"},
+			"spec":     map[string]any{"mode": "STRICT"},
+		}
+		if err := putResource(ctx, http.DefaultClient, env, "verge-system", "meshtlses", "mesh", obj); err != nil {
 			return nil, err
 		}
 	}
 
-	in, err := freePorts(ipServerProxy, 2)
+	in, err := freePorts(ips.server, 2)
 	if err != nil {
 		return nil, err
 	}
-	out, err := freePorts(ipClientProxy, 2)
+	out, err := freePorts(ips.client, 2)
 	if err != nil {
 		return nil, err
 	}
-	env.inHTTP = net.JoinHostPort(ipServerProxy, strconv.Itoa(in[0]))
-	env.inGRPC = net.JoinHostPort(ipServerProxy, strconv.Itoa(in[1]))
-	env.outHTTP = net.JoinHostPort(ipClientProxy, strconv.Itoa(out[0]))
-	env.outGRPC = net.JoinHostPort(ipClientProxy, strconv.Itoa(out[1]))
+	env.inHTTP = net.JoinHostPort(ips.server, strconv.Itoa(in[0]))
+	env.inGRPC = net.JoinHostPort(ips.server, strconv.Itoa(in[1]))
+	env.outHTTP = net.JoinHostPort(ips.client, strconv.Itoa(out[0]))
+	env.outGRPC = net.JoinHostPort(ips.client, strconv.Itoa(out[1]))
 
-	env.server, env.serverAdmin, err = startVergeProxy(ctx, dir, proxyBin, env, "bench-server", "app=backend", ipServerProxy, bh, procs,
+	env.server, env.serverAdmin, err = startVergeProxy(ctx, dir, proxyBin, env, name+"-server", "app=backend", ips.server, bh, procs,
 		"--inbound", fmt.Sprintf("%d=%d", bhPort, in[0]), "--inbound", fmt.Sprintf("%d=%d", bgPort, in[1]))
 	if err != nil {
 		return nil, err
 	}
-	env.client, env.clientAdmin, err = startVergeProxy(ctx, dir, proxyBin, env, "bench-client", "app=bench-client", ipClientProxy, ipClientProxy, procs,
+	env.client, env.clientAdmin, err = startVergeProxy(ctx, dir, proxyBin, env, name+"-client", "app=bench-client", ips.client, ips.client, procs,
 		"--outbound", fmt.Sprintf("backend:%d=%d", svcHTTPPort, out[0]),
 		"--outbound", fmt.Sprintf("backend-grpc:%d=%d", svcGRPCPort, out[1]))
 	if err != nil {
@@ -165,6 +200,13 @@ func startVergeProxy(ctx context.Context, dir, bin string, env *vergeEnv, name, 
 	args = append(args, "--server", env.api, "--xds-addr", env.xds, "--name", name, "--namespace", "default",
 		"--labels", labels, "--address", ip, "--app-address", appIP, "--outbound-address", ip,
 		"--admin-addr", ip+":0", "--data-dir", filepath.Join(dir, name+"-data"), "--log-format", "json")
+	if env.secure {
+		tok, err := joinToken(ctx, env, name)
+		if err != nil {
+			return nil, "", err
+		}
+		args = append(args, "--service-account", name, "--join-token", tok)
+	}
 	args = append(args, extra...)
 	p, err := startProc(dir, "verge-proxy-"+name, args...)
 	if err != nil {
@@ -186,18 +228,44 @@ func startVergeProxy(ctx context.Context, dir, bin string, env *vergeEnv, name, 
 	return p, admin, nil
 }
 
+// joinToken creates a join token for service account sa through the API.
+func joinToken(ctx context.Context, env *vergeEnv, sa string) (string, error) {
+	body := fmt.Sprintf(`{"serviceAccount":%q,"namespace":"default","ttl":"1h"}`, sa)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, env.api+"/api/v1/tokens", strings.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+env.admin)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("create join token for %s: %w", sa, err)
+	}
+	defer resp.Body.Close()
+	var created struct{ Token string }
+	if resp.StatusCode != http.StatusCreated {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return "", fmt.Errorf("create join token for %s: %s: %s", sa, resp.Status, bytes.TrimSpace(msg))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&created); err != nil || created.Token == "" {
+		return "", fmt.Errorf("create join token for %s: bad answer: %v", sa, err)
+	}
+	return created.Token, nil
+}
+
 // putResource PUTs obj as JSON to the control plane's REST API.
-func putResource(ctx context.Context, c *http.Client, api, plural, name string, obj any) error {
+func putResource(ctx context.Context, c *http.Client, env *vergeEnv, ns, plural, name string, obj any) error {
 	body, err := json.Marshal(obj)
 	if err != nil {
 		return fmt.Errorf("put %s/%s: %w", plural, name, err)
 	}
-	url := fmt.Sprintf("%s/apis/verge.dev/v1alpha1/namespaces/default/%s/%s", api, plural, name)
+	url := fmt.Sprintf("%s/apis/verge.dev/v1alpha1/namespaces/%s/%s/%s", env.api, ns, plural, name)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("put %s/%s: %w", plural, name, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+env.admin)
 	resp, err := c.Do(req)
 	if err != nil {
 		return fmt.Errorf("put %s/%s: %w", plural, name, err)
@@ -242,7 +310,7 @@ func measureScale(ctx context.Context, dir, proxyBin string, env *vergeEnv, proc
 	for s := range scaleServices {
 		svc := fmt.Sprintf("scale-%03d", s)
 		g.Go(func() error {
-			return putResource(gctx, c, env.api, "services", svc, map[string]any{
+			return putResource(gctx, c, env, "default", "services", svc, map[string]any{
 				"apiVersion": "verge.dev/v1alpha1", "kind": "Service",
 				"metadata": map[string]any{"name": svc, "namespace": "default"},
 				"spec": map[string]any{
@@ -255,7 +323,7 @@ func measureScale(ctx context.Context, dir, proxyBin string, env *vergeEnv, proc
 			name := fmt.Sprintf("%s-%d", svc, e)
 			addr := fmt.Sprintf("127.89.%d.%d", s, e+1)
 			g.Go(func() error {
-				return putResource(gctx, c, env.api, "workloads", name, map[string]any{
+				return putResource(gctx, c, env, "default", "workloads", name, map[string]any{
 					"apiVersion": "verge.dev/v1alpha1", "kind": "Workload",
 					"metadata": map[string]any{"name": name, "namespace": "default", "labels": map[string]string{"app": svc}},
 					"spec":     map[string]any{"address": addr, "ports": []map[string]any{{"port": 8080}}},

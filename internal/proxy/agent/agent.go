@@ -1,6 +1,10 @@
 // Package agent is the `verge proxy` role: it registers the workload the proxy
 // fronts with the control plane, reports the application's readiness, runs the
-// xDS client and the data path, and serves the admin port. It owns the
+// xDS client and the data path, and serves the admin port. With a join token
+// or a persisted SVID it also runs the proxy's identity (proxy/svid): xDS and
+// the API then go over mutual TLS with the SVID, the SDS trust bundle is fed
+// to the identity before each configuration reaches the data path, and the
+// SPIFFE Workload API (proxy/workloadapi) serves the application. It owns the
 // lifecycle of those parts, not their logic.
 //
 // The agent talks to the REST API with plain JSON rather than through
@@ -14,20 +18,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"verge.dev/verge/internal/memtrim"
 	"verge.dev/verge/internal/proxy"
+	"verge.dev/verge/internal/proxy/authz"
 	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/proxy/workloadapi"
 	"verge.dev/verge/internal/proxy/xdsclient"
 )
 
@@ -55,9 +64,27 @@ type Config struct {
 	ReadinessPath string
 	// AdminAddr is the admin listener, host:port (port 0 allowed).
 	AdminAddr string
-	// DataDir holds the last accepted configuration.
+	// DataDir holds the last accepted configuration and the proxy's
+	// identity (svid.json).
 	DataDir string
-	// Proxy is the data path's own configuration.
+	// JoinToken proves the workload's identity to the control plane at
+	// first issuance. With neither it nor a persisted SVID in DataDir the
+	// proxy runs without identity (plaintext xDS and API, no mTLS).
+	JoinToken string
+	// CAFile optionally names PEM roots verifying an https control plane
+	// at first issuance (see svid.Config.CAFile).
+	CAFile string
+	// WorkloadAPISocket is the Unix socket of the SPIFFE Workload API the
+	// application fetches its SVID from; empty disables it. Served only
+	// when the proxy has an identity.
+	WorkloadAPISocket string
+	// AuditLog receives the authorization audit log, one JSON line per
+	// deny or audit decision; nil discards it (decisions are still
+	// counted). The agent writes it from one goroutine and does not close
+	// it; the caller does, after Run returns.
+	AuditLog io.Writer
+	// Proxy is the data path's own configuration; the agent sets its SVID,
+	// Bundle and Authz.
 	Proxy proxy.Config
 }
 
@@ -96,17 +123,49 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	if err := cfg.validate(); err != nil {
 		return err
 	}
+	// The identity, the xDS cache and the Workload API socket live there.
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
 	adminLis, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		return fmt.Errorf("listen admin %q: %w", cfg.AdminAddr, err)
 	}
 
+	id, err := newIdentity(cfg, logger)
+	if err != nil {
+		adminLis.Close()
+		return err
+	}
+	if id == nil {
+		log.Warn("proxy runs without identity: no join token and no persisted svid; xDS, API and proxy-to-proxy traffic are plaintext")
+	} else {
+		// The data path reads the source on every handshake; a persisted
+		// SVID serves the cached configuration below at once.
+		cfg.Proxy.SVID, cfg.Proxy.Bundle = id, id
+	}
+
+	// The recorder outlives the data path: it is closed, flushing the
+	// audit log, after the proxy has drained.
+	rec := authz.NewRecorder(cfg.AuditLog)
+	defer rec.Close()
+	cfg.Proxy.Authz = rec
+
 	p := proxy.New(cfg.Proxy, logger)
+	collectors := rec.Collectors()
+	if id != nil {
+		collectors = append(collectors, id.Metrics()...)
+	}
+	if err := p.Register(collectors...); err != nil {
+		adminLis.Close()
+		return err
+	}
 	if snap, err := xdsclient.LoadCache(cfg.DataDir); err == nil && snap != nil {
 		// Serve with the last accepted configuration straight away; the
 		// control plane may be unreachable, and the xDS client replaces it
 		// as soon as it gets a newer one.
 		log.Info("serving cached config", "versions", snap.Versions)
+		feedTrustBundle(id, snap, log)
 		p.Update(snap)
 	} else if err != nil {
 		log.Warn("cached config unusable", "error", err)
@@ -130,23 +189,37 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	settled := time.AfterFunc(time.Hour, trim)
 	settled.Stop()
 	defer settled.Stop()
-	xc := xdsclient.New(xdsclient.Config{
+	xcfg := xdsclient.Config{
 		ServerAddr: cfg.XDSAddr,
 		Node:       cfg.node(),
 		CacheDir:   cfg.DataDir,
-	}, func(s *config.Snapshot) {
+	}
+	regCfg, regHTTP := cfg, &http.Client{Timeout: 5 * time.Second}
+	if id != nil {
+		// xDS and the API over mutual TLS with the SVID; new connections
+		// pick up renewed certificates.
+		xcfg.DialOptions = []grpc.DialOption{id.GRPCDialOption()}
+		regCfg.Server = id.APIBase()
+		regHTTP = id.HTTPClient()
+		regHTTP.Timeout = 5 * time.Second
+	}
+	xc := xdsclient.New(xcfg, func(s *config.Snapshot) {
+		// The trust bundle first: listeners and clusters of this
+		// snapshot may already need it.
+		feedTrustBundle(id, s, log)
 		p.Update(s)
 		settled.Reset(trimSettle)
 	}, logger)
 
-	reg := &registrar{cfg: cfg, http: &http.Client{Timeout: 5 * time.Second}, log: log,
+	reg := &registrar{cfg: regCfg, http: regHTTP, log: log,
 		connected: func() bool { return xc.Status().Connected }}
 
+	adminHandler := p.AdminHandler(proxy.AdminSources{
+		HasConfig: func() bool { return p.Ready() },
+		Status:    func() any { return xc.Status() },
+	})
 	admin := &http.Server{
-		Handler: p.AdminHandler(proxy.AdminSources{
-			HasConfig: func() bool { return p.Ready() },
-			Status:    func() any { return xc.Status() },
-		}),
+		Handler:           adminHandler,
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	if ready != nil {
@@ -170,11 +243,32 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		defer stopXDS()
 		return p.Run(gctx)
 	})
+	if id != nil {
+		// Renewal goes on while requests drain; it stops with xDS.
+		g.Go(func() error { return id.Run(xctx) })
+		if cfg.WorkloadAPISocket != "" {
+			wl := workloadapi.New(cfg.WorkloadAPISocket, id, logger)
+			g.Go(func() error { return wl.Run(gctx) })
+		}
+	}
 	g.Go(func() error {
 		defer close(xdsDone)
+		// The xDS stream and the API need the SVID; a refused token is
+		// reported by id.Run.
+		if id != nil && id.Wait(xctx) != nil {
+			return nil
+		}
 		return xc.Run(xctx)
 	})
-	g.Go(func() error { return reg.run(gctx) })
+	g.Go(func() error {
+		if id != nil {
+			if id.Wait(gctx) != nil {
+				return nil
+			}
+			reg.cfg.ServiceAccount = workloadServiceAccount(cfg, id.ID(), log)
+		}
+		return reg.run(gctx)
+	})
 	g.Go(func() error {
 		err := admin.Serve(adminLis)
 		if errors.Is(err, http.ErrServerClosed) {

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -161,5 +163,72 @@ func TestNewCommandServerDefault(t *testing.T) {
 				t.Errorf("--server, --drain-delay defaults (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestIdentityFlags(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("vt1.file.secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	emptyFile := filepath.Join(dir, "empty")
+	if err := os.WriteFile(emptyFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	long := "/" + strings.Repeat("d", 120)
+	tests := []struct {
+		name       string
+		args       []string
+		env        string
+		wantToken  string
+		wantSocket string
+		wantErr    string // substring naming the flag; empty: no error
+	}{
+		{name: "none", wantSocket: "data/spiffe.sock"},
+		{name: "from the environment", env: "vt1.env.secret", wantToken: "vt1.env.secret", wantSocket: "data/spiffe.sock"},
+		{name: "flag over environment", args: []string{"--join-token", "vt1.flag.secret"}, env: "vt1.env.secret",
+			wantToken: "vt1.flag.secret", wantSocket: "data/spiffe.sock"},
+		{name: "file, trimmed", args: []string{"--join-token-file", tokenFile}, env: "vt1.env.secret",
+			wantToken: "vt1.file.secret", wantSocket: "data/spiffe.sock"},
+		{name: "both flags", args: []string{"--join-token", "x", "--join-token-file", tokenFile}, wantErr: "--join-token, --join-token-file"},
+		{name: "missing file", args: []string{"--join-token-file", filepath.Join(dir, "nope")}, wantErr: "--join-token-file"},
+		{name: "empty file", args: []string{"--join-token-file", emptyFile}, wantErr: "--join-token-file"},
+		{name: "white space in token", args: []string{"--join-token", "a b"}, wantErr: "white space"},
+		{name: "socket off", args: []string{"--workload-api-socket", "off"}},
+		{name: "socket dash", args: []string{"--workload-api-socket", "-"}},
+		{name: "socket path", args: []string{"--workload-api-socket", "/run/app/spiffe.sock"}, wantSocket: "/run/app/spiffe.sock"},
+		{name: "socket too long", args: []string{"--workload-api-socket", long}, wantErr: "--workload-api-socket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := NewCommandEnv(Env{JoinToken: tt.env})
+			if err := cmd.Flags().Parse(append([]string{"--data-dir", "data"}, tt.args...)); err != nil {
+				t.Fatal(err)
+			}
+			var f identityFlags
+			f.token, _ = cmd.Flags().GetString("join-token")
+			f.tokenFile, _ = cmd.Flags().GetString("join-token-file")
+			f.socket, _ = cmd.Flags().GetString("workload-api-socket")
+			f.tokenSet = cmd.Flags().Changed("join-token")
+			cfg := Config{DataDir: "data"}
+			err := f.apply(&cfg, tt.env)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("apply() = %v, want an error naming %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("apply() = %v", err)
+			}
+			if diff := cmp.Diff([]string{tt.wantToken, tt.wantSocket}, []string{cfg.JoinToken, cfg.WorkloadAPISocket}); diff != "" {
+				t.Errorf("join token, socket (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// The token never shows in --help.
+	if def := NewCommandEnv(Env{JoinToken: "vt1.env.secret"}).Flags().Lookup("join-token").DefValue; def != "" {
+		t.Errorf("--join-token default = %q, want empty", def)
 	}
 }

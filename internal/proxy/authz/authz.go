@@ -1,20 +1,21 @@
 // Package authz is the proxy's authorization engine: it compiles the
-// authorization policies a listener carries (Envoy RBAC and JWT
-// authentication filters, as the control plane sends them) into an Engine
-// that decides one request or connection, and records decisions (metrics and
-// the audit log). Policies are enforced at the destination's proxy, so only
-// inbound listeners carry an Engine.
+// authorization filters a listener carries (Envoy RBAC and JWT
+// authentication, as the control plane's translator writes them from
+// AuthorizationPolicy objects) into an Engine that decides one request or
+// connection, and records decisions (metrics and the audit log). Policies are
+// enforced at the destination's proxy, so only inbound listeners carry an
+// Engine. Recognising the filters in a listener and NACKing the rest belongs
+// to the xDS client; answering 403 or closing a connection to the data path.
 //
-// CONTRACT STUB: the types and method sets below are what the data path
-// (package proxy) and the xDS client build against; their bodies are being
-// written.
+// Semantics are Istio's (and Envoy's for the same filters): a request with a
+// JWT that does not verify is refused; then any matching DENY policy refuses;
+// then, if the listener has an ALLOW filter, the request must match one of
+// its policies; LOG (AUDIT) policies only add their names to the decision.
 package authz
 
 import (
-	"io"
 	"net/netip"
-
-	"github.com/prometheus/client_golang/prometheus"
+	"strings"
 )
 
 // Action is what a matched policy does.
@@ -25,6 +26,18 @@ const (
 	ActionDeny
 	ActionAudit
 )
+
+func (a Action) String() string {
+	switch a {
+	case ActionAllow:
+		return "ALLOW"
+	case ActionDeny:
+		return "DENY"
+	case ActionAudit:
+		return "AUDIT"
+	}
+	return "UNKNOWN"
+}
 
 // Request is what one decision reads. The data path fills what it knows; a
 // TCP connection has HTTP false and no HTTP fields.
@@ -52,6 +65,23 @@ type Request struct {
 	VisitHeaders func(fn func(name, value string) bool)
 }
 
+// header returns a header, or the pseudo-header Envoy's matchers see for
+// the request's method, path and authority.
+func (r *Request) header(name string) string {
+	switch name {
+	case ":method":
+		return r.Method
+	case ":path":
+		return r.Path
+	case ":authority", "host":
+		return r.Host
+	}
+	if r.Header == nil {
+		return ""
+	}
+	return r.Header(name)
+}
+
 // Decision is the outcome for one request or connection.
 type Decision struct {
 	// Allowed is false when the request must be refused (HTTP 403, gRPC
@@ -70,34 +100,99 @@ type Decision struct {
 }
 
 // Engine is a listener's compiled policy set. It is immutable and safe for
-// concurrent use; a nil *Engine allows everything.
-type Engine struct{}
+// concurrent use; a nil *Engine allows everything. Build one with a Builder.
+type Engine struct {
+	jwt   *jwtAuth // nil without a JWT filter
+	audit []*policy
+	deny  []*policy
+	allow []*policy
+	// hasAllow is true when an ALLOW filter exists, even with no policies:
+	// then a request must match one of them.
+	hasAllow  bool
+	needsHTTP bool
+}
 
-// Check decides r. A nil Engine allows.
+// policy is one RBAC policy: a rule of an AuthorizationPolicy.
+type policy struct {
+	name         string // the RBAC key, "ns/policy/rule"
+	policy, rule string
+	perm, prin   node
+	// cond is the CEL condition, nil without one; it runs only when perm
+	// and prin matched.
+	cond *celCond
+	// reason is precomputed so that a decision allocates nothing.
+	reason string
+}
+
+func newPolicy(name string, action Action, perm, prin node) *policy {
+	p := &policy{name: name, policy: name, perm: perm, prin: prin}
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		p.policy, p.rule = name[:i], name[i+1:]
+	}
+	switch action {
+	case ActionDeny:
+		p.reason = "denied by policy " + p.policy + " rule " + p.rule
+	case ActionAllow:
+		p.reason = "allowed by policy " + p.policy + " rule " + p.rule
+	}
+	return p
+}
+
+func (p *policy) matches(c *evalCtx) bool {
+	return p.perm.match(c) && p.prin.match(c) && (p.cond == nil || p.cond.eval(c))
+}
+
+// evalCtx is one decision's state.
+type evalCtx struct {
+	r *Request
+	// claims are the verified JWT's claims, nil without one.
+	claims map[string]any
+}
+
+// Reasons of decisions that no policy made.
+const (
+	reasonNoAllow = "no ALLOW policy matched"
+	reasonAllowed = "no DENY policy matched"
+)
+
+// Check decides r. A nil Engine allows. It does not modify r, allocates
+// only for AUDIT matches and JWT verification (cached per token), and may
+// block only while a remote key set is fetched for the first time (bounded
+// by the fetch timeout).
 func (e *Engine) Check(r *Request) Decision {
-	return Decision{Allowed: true}
+	if e == nil {
+		return Decision{Allowed: true}
+	}
+	c := evalCtx{r: r}
+	if e.jwt != nil && r.HTTP {
+		claims, err := e.jwt.verify(r)
+		if err != nil {
+			return Decision{Reason: "JWT: " + err.Error()}
+		}
+		c.claims = claims
+	}
+	var audited []string
+	for _, p := range e.audit {
+		if p.matches(&c) {
+			audited = append(audited, p.name)
+		}
+	}
+	for _, p := range e.deny {
+		if p.matches(&c) {
+			return Decision{Policy: p.policy, Rule: p.rule, Audited: audited, Reason: p.reason}
+		}
+	}
+	if !e.hasAllow {
+		return Decision{Allowed: true, Audited: audited, Reason: reasonAllowed}
+	}
+	for _, p := range e.allow {
+		if p.matches(&c) {
+			return Decision{Allowed: true, Policy: p.policy, Rule: p.rule, Audited: audited, Reason: p.reason}
+		}
+	}
+	return Decision{Audited: audited, Reason: reasonNoAllow}
 }
 
 // NeedsHTTP reports whether any rule reads HTTP fields; a TCP listener's
 // engine never does.
-func (e *Engine) NeedsHTTP() bool { return false }
-
-// Recorder counts every decision (verge_authz_decisions_total) and writes
-// deny and audit decisions to the audit log, one JSON line each with time,
-// source (principal and IP), destination (listener, port, method, path),
-// policy, rule and reason. Writing never blocks the request path: lines go
-// through a bounded queue, and what does not fit is counted as dropped.
-type Recorder struct{}
-
-// NewRecorder returns a recorder writing the audit log to w (nil: no audit
-// log, decisions are still counted). Close flushes it.
-func NewRecorder(w io.Writer) *Recorder { return &Recorder{} }
-
-// Record accounts one decision made on the named listener.
-func (r *Recorder) Record(listener string, req *Request, d Decision) {}
-
-// Collectors are the recorder's metrics, for the proxy's registry.
-func (r *Recorder) Collectors() []prometheus.Collector { return nil }
-
-// Close flushes the audit log queue.
-func (r *Recorder) Close() error { return nil }
+func (e *Engine) NeedsHTTP() bool { return e != nil && e.needsHTTP }

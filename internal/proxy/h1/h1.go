@@ -8,6 +8,12 @@
 // Transport's writeLoop/readLoop), and each hand-off costs a wake-up that, on a
 // 2-core edge box, dominates the latency a proxy hop adds. HTTP/2, gRPC and
 // h2c upgrade stay on net/http (package proxy hands such connections there).
+//
+// Two seams let package proxy's HTTP/2 bridge between proxies reuse the
+// engine: a Router may return a Decision whose Upstream carries the
+// exchange (an HTTP/2 stream to a peer proxy instead of a pooled HTTP/1.1
+// connection), and Pool.RoundTrip sends a request that did not come from
+// Serve (a stream the peer proxy sent) to an application.
 package h1
 
 import (
@@ -26,6 +32,9 @@ type Request struct {
 	Host string
 	// Header returns the first value of a header (case-insensitive name), "" if absent.
 	Header func(name string) string
+	// VisitHeaders calls fn with every header field in order (name in
+	// lower case) until fn returns false.
+	VisitHeaders func(fn func(name, value string) bool)
 }
 
 // Decision is the router's answer for one request.
@@ -36,6 +45,9 @@ type Decision struct {
 	// Status is the local reply's status when Addr is empty (404 no route,
 	// 503 no healthy endpoint).
 	Status int
+	// Upstream, if set, carries the exchange instead of a pooled HTTP/1.1
+	// connection to Addr (which then only names the endpoint in errors).
+	Upstream Upstream
 	// Timeout bounds the whole exchange with the upstream; zero means none.
 	Timeout time.Duration
 	// Done, if set, is called exactly once when the exchange ends, with the

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -135,6 +136,7 @@ type conn struct {
 	rsp  []byte // current response head; resp aliases it
 	buf  copyBuf
 	ip   string // client IP for X-Forwarded-For, computed once
+	x    Exchange
 
 	// readDeadline records that c has a read deadline to clear.
 	readDeadline bool
@@ -155,13 +157,14 @@ type conn struct {
 var connPool = sync.Pool{New: func() any {
 	cs := new(conn)
 	cs.req.Header = cs.header
+	cs.req.VisitHeaders = cs.visitHeaders
 	return cs
 }}
 
 func (cs *conn) reset() {
 	cs.c, cs.br, cs.bw, cs.router, cs.pool = nil, nil, nil, nil, nil
 	cs.opts = Options{}
-	cs.req = Request{Header: cs.req.Header}
+	cs.req = Request{Header: cs.req.Header, VisitHeaders: cs.req.VisitHeaders}
 	cs.rh = reqHead{fields: cs.rh.fields[:0]}
 	cs.resp = respHead{fields: cs.resp.fields[:0]}
 	// Keep typical buffers; let an outsized head's buffer go.
@@ -298,9 +301,15 @@ func (cs *conn) handle() (keep bool, err error) {
 		deadline := time.Now().Add(d.Timeout)
 		_ = cs.c.SetDeadline(deadline)
 		cs.downDeadline = true
-		status, keep, err = cs.exchange(&d, deadline)
+		if d.Upstream != nil {
+			status, keep, err = cs.bridge(&d, deadline)
+		} else {
+			status, keep, err = cs.exchange(&d, deadline)
+		}
 		_ = cs.c.SetDeadline(time.Time{})
 		cs.downDeadline = false
+	} else if d.Upstream != nil {
+		status, keep, err = cs.bridge(&d, time.Time{})
 	} else {
 		status, keep, err = cs.exchange(&d, time.Time{})
 	}
@@ -645,6 +654,9 @@ func (cs *conn) writeLocal(status int, body string, closeConn, head bool) error 
 // it.
 func LocalBody(status int) string {
 	switch status {
+	case http.StatusForbidden:
+		// Envoy's words for a request its RBAC filter refused.
+		return "RBAC: access denied"
 	case http.StatusNotFound:
 		return "no route\n"
 	case http.StatusServiceUnavailable:
@@ -676,6 +688,17 @@ func (cs *conn) header(name string) string {
 		}
 	}
 	return ""
+}
+
+// visitHeaders implements Request.VisitHeaders over the current request's
+// fields. Only names with upper-case letters are copied to lower case.
+func (cs *conn) visitHeaders(fn func(name, value string) bool) {
+	for i := range cs.rh.fields {
+		f := &cs.rh.fields[i]
+		if !fn(strings.ToLower(bstr(f.name)), bstr(f.value)) {
+			return
+		}
+	}
 }
 
 func (cs *conn) clientIP() string {

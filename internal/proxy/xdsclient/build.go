@@ -19,6 +19,7 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
@@ -54,15 +55,18 @@ const (
 // naming a cluster that is not in clusters is allowed (the data path answers
 // 503, as Envoy does). Listeners carrying an api_listener (proxyless gRPC)
 // are not sockets and are skipped. An inline route_config is stored in
-// Routes under "listener/" + the listener name. Snapshot.Versions is left
-// nil for the caller to fill.
-func Build(listeners []*listenerv3.Listener, routes []*routev3.RouteConfiguration, clusters []*clusterv3.Cluster, cla []*endpointv3.ClusterLoadAssignment) (*config.Snapshot, error) {
+// Routes under "listener/" + the listener name. A TLS context naming a
+// secret that is not in secrets is allowed (the data path cannot handshake
+// until it arrives, as Envoy's listener would stay warming). Snapshot.Versions
+// is left nil for the caller to fill.
+func Build(listeners []*listenerv3.Listener, routes []*routev3.RouteConfiguration, clusters []*clusterv3.Cluster, cla []*endpointv3.ClusterLoadAssignment, secrets []*tlsv3.Secret) (*config.Snapshot, error) {
 	var errs []error
 	byType := map[string][]*resource{
 		TypeRoute:    convertAll(routes, &errs),
 		TypeListener: convertAll(listeners, &errs),
 		TypeEndpoint: convertAll(cla, &errs),
 		TypeCluster:  convertAll(clusters, &errs),
+		TypeSecret:   convertAll(secrets, &errs),
 	}
 	snap, err := buildFrom(byType)
 	if err != nil {
@@ -100,6 +104,16 @@ func buildFrom(byType map[string][]*resource) (*config.Snapshot, error) {
 		Clusters: make(map[string]*config.Cluster, len(byType[TypeCluster])),
 	}
 	var errs []error
+	if len(byType[TypeSecret]) > 0 {
+		snap.Secrets = make(map[string]*config.Secret, len(byType[TypeSecret]))
+	}
+	for _, r := range byType[TypeSecret] {
+		if _, dup := snap.Secrets[r.name]; dup {
+			errs = append(errs, fmt.Errorf("secret %q: duplicate name", r.name))
+			continue
+		}
+		snap.Secrets[r.name] = r.secret
+	}
 
 	for _, r := range routes {
 		rt := r.route
@@ -161,9 +175,13 @@ func buildFrom(byType map[string][]*resource) (*config.Snapshot, error) {
 			continue
 		}
 		if r.dependency != "" {
-			// Endpoint slices are immutable too, so they are shared.
+			// Endpoint slices are immutable too, so they are shared
+			// unless TLS flags must be cleared.
 			withEndpoints := *cc
 			withEndpoints.Endpoints = loads[r.dependency]
+			if cc.TLS == nil {
+				withEndpoints.Endpoints = withoutTLS(withEndpoints.Endpoints)
+			}
 			cc = &withEndpoints
 		}
 		snap.Clusters[cc.Name] = cc
@@ -186,6 +204,13 @@ func ValidateListener(l *listenerv3.Listener) error {
 // the proxy supports. The error names the route configuration and the field.
 func ValidateRouteConfiguration(r *routev3.RouteConfiguration) error {
 	_, err := convertRouteConfiguration(r)
+	return err
+}
+
+// ValidateSecret checks s against its proto rules and the subset the proxy
+// supports (the trust bundle). The error names the secret and the field.
+func ValidateSecret(s *tlsv3.Secret) error {
+	_, err := convertSecret(s)
 	return err
 }
 
@@ -229,25 +254,22 @@ func convertListener(l *listenerv3.Listener) (*config.Listener, *config.RouteTab
 	if l.GetDefaultFilterChain() != nil {
 		return nil, nil, wrap(errors.New("default_filter_chain: unsupported"))
 	}
-	if n := len(l.GetFilterChains()); n != 1 {
-		return nil, nil, wrap(fmt.Errorf("filter_chains: want exactly 1 filter chain, got %d", n))
+	// Serving plain text where TLS was asked for would be worse than
+	// refusing the listener: convertFilterChains accepts only the shapes
+	// it can honour.
+	at, downstream, err := convertFilterChains(l.GetFilterChains())
+	if err != nil {
+		return nil, nil, wrap(err)
 	}
-	fc := l.GetFilterChains()[0]
-	if fc.GetTransportSocket() != nil {
-		// Serving plain text where TLS was asked for would be worse than
-		// refusing the listener.
-		return nil, nil, wrap(errors.New("filter_chains[0].transport_socket: unsupported"))
-	}
-	if m := fc.GetFilterChainMatch(); m != nil && !isEmptyFilterChainMatch(m) {
-		return nil, nil, wrap(errors.New("filter_chains[0].filter_chain_match: unsupported"))
-	}
-	out := &config.Listener{Name: l.GetName(), Address: addr}
+	fc := l.GetFilterChains()[at]
+	chain := fmt.Sprintf("filter_chains[%d]", at)
+	out := &config.Listener{Name: l.GetName(), Address: addr, TLS: downstream}
 	var inline *config.RouteTable
 	filters := fc.GetFilters()
 	var errs []error
 	var authzFilters []*listenerv3.Filter
 	for i, f := range filters {
-		path := fmt.Sprintf("filter_chains[0].filters[%d]", i)
+		path := fmt.Sprintf("%s.filters[%d]", chain, i)
 		tc := f.GetTypedConfig()
 		switch {
 		case isAuthzNetworkFilter(f):
@@ -295,15 +317,15 @@ func convertListener(l *listenerv3.Listener) (*config.Listener, *config.RouteTab
 		return nil, nil, wrap(errors.Join(errs...))
 	}
 	if n := len(filters) - len(authzFilters); n != 1 {
-		return nil, nil, wrap(fmt.Errorf("filter_chains[0].filters: want exactly 1 terminal filter, got %d", n))
+		return nil, nil, wrap(fmt.Errorf("%s.filters: want exactly 1 terminal filter, got %d", chain, n))
 	}
 	if len(authzFilters) > 0 {
 		if out.Kind != config.ListenerTCP {
-			return nil, nil, wrap(errors.New("filter_chains[0].filters: network RBAC is supported before tcp_proxy only"))
+			return nil, nil, wrap(fmt.Errorf("%s.filters: network RBAC is supported before tcp_proxy only", chain))
 		}
 		eng, err := compileAuthz(nil, authzFilters)
 		if err != nil {
-			return nil, nil, wrap(fmt.Errorf("filter_chains[0].filters%w", err))
+			return nil, nil, wrap(fmt.Errorf("%s.filters%w", chain, err))
 		}
 		out.Authz = eng
 	}
@@ -713,9 +735,11 @@ func convertCluster(c *clusterv3.Cluster) (*config.Cluster, string, error) {
 		return nil, "", wrap(errors.New("name: required"))
 	}
 	out := &config.Cluster{Name: c.GetName(), Protocol: config.UpstreamHTTP1, ConnectTimeout: defaultConnectTimeout}
-	if c.GetTransportSocket() != nil || len(c.GetTransportSocketMatches()) > 0 {
-		return nil, "", wrap(errors.New("transport_socket: unsupported"))
+	upstream, err := convertClusterTLS(c)
+	if err != nil {
+		return nil, "", wrap(err)
 	}
+	out.TLS = upstream
 	if c.GetLoadBalancingPolicy() != nil {
 		return nil, "", wrap(errors.New("load_balancing_policy: unsupported"))
 	}
@@ -754,8 +778,13 @@ func convertCluster(c *clusterv3.Cluster) (*config.Cluster, string, error) {
 			out.Protocol = config.UpstreamHTTP2
 		case explicit.GetHttpProtocolOptions() != nil:
 			out.Protocol = config.UpstreamHTTP1
+		case opts.GetAutoConfig() != nil:
+			// Envoy picks by ALPN: TLS endpoints negotiate what
+			// Cluster.TLS.ALPN offers (h2), plaintext ones speak
+			// HTTP/1.1, which is what Protocol describes.
+			out.Protocol = config.UpstreamHTTP1
 		default:
-			return nil, "", wrap(fmt.Errorf("typed_extension_protocol_options[%q]: only explicit_http_config with http_protocol_options or http2_protocol_options is supported", httpProtocolOptionsKey))
+			return nil, "", wrap(fmt.Errorf("typed_extension_protocol_options[%q]: only explicit_http_config with http_protocol_options or http2_protocol_options, or auto_config, is supported", httpProtocolOptionsKey))
 		}
 	}
 	if c.GetClusterType() != nil {
@@ -782,6 +811,9 @@ func convertCluster(c *clusterv3.Cluster) (*config.Cluster, string, error) {
 		eps, err := convertEndpoints(c.GetLoadAssignment())
 		if err != nil {
 			return nil, "", wrap(fmt.Errorf("load_assignment.%w", err))
+		}
+		if out.TLS == nil {
+			eps = withoutTLS(eps)
 		}
 		out.Endpoints = eps
 		return out, "", nil
@@ -842,7 +874,7 @@ func convertEndpoints(a *endpointv3.ClusterLoadAssignment) ([]config.Endpoint, e
 				return nil, fmt.Errorf("%s.load_balancing_weight: must be at least 1", path)
 			}
 			p := le.GetPriority()
-			byPriority[p] = append(byPriority[p], config.Endpoint{Address: addr, Weight: w})
+			byPriority[p] = append(byPriority[p], config.Endpoint{Address: addr, Weight: w, TLS: endpointTLS(lb)})
 		}
 	}
 	if len(byPriority) == 0 {

@@ -12,6 +12,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
@@ -258,7 +259,7 @@ func TestBuild(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Build(tt.in.listeners, tt.in.routes, tt.in.clusters, tt.in.cla)
+			got, err := Build(tt.in.listeners, tt.in.routes, tt.in.clusters, tt.in.cla, nil)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("Build() error = %v, want it to contain %q", err, tt.wantErr)
@@ -303,6 +304,9 @@ func FuzzBuild(f *testing.F) {
 	seed(httpListener("outbound:10001", 10001, svc), routeConfig(svc, clusterRoute("/", svc)))
 	seed(tcpListener("outbound:5432", 5432, db), staticCluster(db, testEndpoint{host: "10.0.0.1", port: 5432}))
 	seed(redisListener("x", 1), loadAssignment(svc, testEndpoint{host: "10.0.0.1", port: 80, weight: 2}))
+	seed(edsCluster(svc, false), &tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"}},
+	}}})
 	seed(edsCluster(svcGRPC, true), &routev3.RouteConfiguration{Name: "r", VirtualHosts: []*routev3.VirtualHost{{Name: "v", Domains: []string{"*"}, Routes: []*routev3.Route{{
 		Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "a+"}}},
 		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 404}},
@@ -323,17 +327,20 @@ func FuzzBuild(f *testing.F) {
 		} else {
 			c = nil
 		}
+		if sec := (&tlsv3.Secret{}); proto.Unmarshal(b, sec) == nil {
+			_ = ValidateSecret(sec)
+		}
 		if proto.Unmarshal(b, e) == nil {
 			_ = ValidateClusterLoadAssignment(e)
 		} else {
 			e = nil
 		}
-		snap, err := Build([]*listenerv3.Listener{l}, []*routev3.RouteConfiguration{r}, nil, nil)
+		snap, err := Build([]*listenerv3.Listener{l}, []*routev3.RouteConfiguration{r}, nil, nil, nil)
 		if err == nil && snap == nil {
 			t.Fatal("Build returned neither a snapshot nor an error")
 		}
 		if c != nil && e != nil {
-			_, _ = Build(nil, nil, []*clusterv3.Cluster{c}, []*endpointv3.ClusterLoadAssignment{e})
+			_, _ = Build(nil, nil, []*clusterv3.Cluster{c}, []*endpointv3.ClusterLoadAssignment{e}, nil)
 		}
 	})
 }

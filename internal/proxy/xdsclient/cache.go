@@ -19,7 +19,7 @@ import (
 
 // cacheFileName holds the last published configuration: one
 // length-delimited DiscoveryResponse per received type, in request order
-// (CDS, EDS, LDS, RDS), each with its accepted version_info and the
+// (SDS, CDS, EDS, LDS, RDS), each with its accepted version_info and the
 // resources the published Snapshot was built from, as received.
 const cacheFileName = "xds-cache.pb"
 
@@ -143,7 +143,7 @@ func LoadCache(dir string) (*config.Snapshot, error) {
 
 func isKnownType(t string) bool {
 	switch t {
-	case TypeListener, TypeRoute, TypeCluster, TypeEndpoint:
+	case TypeListener, TypeRoute, TypeCluster, TypeEndpoint, TypeSecret:
 		return true
 	}
 	return false

@@ -19,7 +19,8 @@
 // Supported subset (anything else in a listed field is NACKed naming the
 // field; fields not mentioned are ignored, as gRPC's xDS client does):
 //   - Listener: socket_address with port_value; exactly one filter chain
-//     without transport_socket or filter_chain_match; one network filter,
+//     without transport_socket or filter_chain_match, or the mutual TLS
+//     chains (tls.go, docs/xds.md); one network filter,
 //     http_connection_manager (rds over ADS or inline route_config;
 //     http_filters holding the router last, other filters only when
 //     is_optional) or tcp_proxy (cluster). api_listener listeners are
@@ -30,9 +31,14 @@
 //     timeout (unset means Envoy's 15 s, 0 means none).
 //   - Cluster: type EDS (ADS) or STATIC; lb_policy ROUND_ROBIN or
 //     LEAST_REQUEST; connect_timeout (default 5 s); HttpProtocolOptions
-//     explicit http2 selects UpstreamHTTP2, otherwise UpstreamHTTP1.
+//     explicit http2 selects UpstreamHTTP2, otherwise (auto_config too)
+//     UpstreamHTTP1; transport_socket_matches {tlsMode: verge} with an
+//     UpstreamTlsContext, then a plaintext default (Cluster.TLS).
 //   - ClusterLoadAssignment: socket-address endpoints, HEALTHY or UNKNOWN,
-//     load_balancing_weight, lowest priority with any endpoint.
+//     load_balancing_weight, lowest priority with any endpoint; metadata
+//     envoy.transport_socket_match {tlsMode: verge} sets Endpoint.TLS.
+//   - Secret: only "ROOTCA", a validation_context with inline PEM
+//     trusted_ca (Snapshot.Secrets); subscribed to by name.
 package xdsclient
 
 import (
@@ -68,11 +74,16 @@ const (
 	TypeRoute    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	TypeCluster  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 	TypeEndpoint = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	TypeSecret   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
-// requestOrder is Envoy's: clusters and their endpoints warm before the
-// listeners and routes that send traffic to them.
-var requestOrder = []string{TypeCluster, TypeEndpoint, TypeListener, TypeRoute}
+// requestOrder is Envoy's: the trust bundle, then clusters and their
+// endpoints warm before the listeners and routes that send traffic to them.
+var requestOrder = []string{TypeSecret, TypeCluster, TypeEndpoint, TypeListener, TypeRoute}
+
+// secretNames is the SDS subscription: the trust bundle only (the
+// workload's own certificate never comes from the control plane).
+var secretNames = []string{config.SecretTrustBundle}
 
 const (
 	defaultInitialFetchTimeout = 5 * time.Second
@@ -320,6 +331,7 @@ func newSession(c *Client, out *delivery) *session {
 	for _, t := range requestOrder {
 		s.types[t] = &typeState{resources: map[string]*resource{}}
 	}
+	s.types[TypeSecret].names = secretNames
 	return s
 }
 
@@ -496,7 +508,7 @@ func (s *session) handle(stream adsStream, r *discoveryv3.DiscoveryResponse) err
 	log := s.c.logger.With("type_url", typeURL, "version", r.GetVersionInfo(), "nonce", r.GetNonce())
 
 	var only map[string]bool
-	if typeURL == TypeRoute || typeURL == TypeEndpoint {
+	if typeURL == TypeRoute || typeURL == TypeEndpoint || typeURL == TypeSecret {
 		only = make(map[string]bool, len(ts.names))
 		for _, n := range ts.names {
 			only[n] = true
@@ -547,7 +559,8 @@ func (s *session) handle(stream adsStream, r *discoveryv3.DiscoveryResponse) err
 }
 
 // apply records an accepted response. LDS and CDS responses are the full
-// state; RDS and EDS responses replace only the resources they carry.
+// state; RDS, EDS and SDS responses replace only the resources they carry
+// (so a response without the trust bundle never drops the one held).
 func (s *session) apply(ts *typeState, typeURL, version string, decoded map[string]*resource) {
 	ts.received = true
 	ts.version = version
@@ -610,12 +623,20 @@ func (s *session) follow(stream adsStream, typeURL string, names []string) error
 // configuration has not arrived are left out; missing lists what is still
 // awaited (route configurations and endpoint sets).
 func (s *session) assemble() (snap *config.Snapshot, raw map[string][]*resource, missing []string, err error) {
-	lds, rds, cds, eds := s.types[TypeListener], s.types[TypeRoute], s.types[TypeCluster], s.types[TypeEndpoint]
+	lds, rds, cds, eds, sds := s.types[TypeListener], s.types[TypeRoute], s.types[TypeCluster], s.types[TypeEndpoint], s.types[TypeSecret]
 	raw = map[string][]*resource{}
+	// A TLS context waits for its trust bundle as Envoy's warming does;
+	// after the warm timeout it is published anyway and cannot handshake
+	// until the bundle arrives.
+	needSecret := map[string]bool{}
 	for _, r := range sortedResources(lds.resources) {
 		if r.dependency != "" && rds.resources[r.dependency] == nil {
 			missing = append(missing, "route configuration "+r.dependency)
 			continue
+		}
+		if r.listener != nil && r.listener.TLS != nil {
+			t := r.listener.TLS
+			needSecret[t.CASecret] = true
 		}
 		raw[TypeListener] = append(raw[TypeListener], r)
 	}
@@ -623,10 +644,20 @@ func (s *session) assemble() (snap *config.Snapshot, raw map[string][]*resource,
 		if r.dependency != "" && eds.resources[r.dependency] == nil {
 			missing = append(missing, "endpoints "+r.dependency)
 		}
+		if r.cluster != nil && r.cluster.TLS != nil {
+			t := r.cluster.TLS
+			needSecret[t.CASecret] = true
+		}
+	}
+	for _, n := range slices.Sorted(maps.Keys(needSecret)) {
+		if sds.resources[n] == nil {
+			missing = append(missing, "secret "+n)
+		}
 	}
 	raw[TypeRoute] = sortedResources(rds.resources)
 	raw[TypeCluster] = sortedResources(cds.resources)
 	raw[TypeEndpoint] = sortedResources(eds.resources)
+	raw[TypeSecret] = sortedResources(sds.resources)
 	snap, err = buildFrom(raw)
 	return snap, raw, missing, err
 }

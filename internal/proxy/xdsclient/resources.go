@@ -11,6 +11,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -38,11 +39,12 @@ type resource struct {
 	// listener (nil for one that is not a socket, such as an api_listener)
 	// and inline route table in route; a RouteConfiguration's table in
 	// route; a Cluster's cluster (Endpoints set only for STATIC); a
-	// ClusterLoadAssignment's endpoints.
+	// ClusterLoadAssignment's endpoints; a Secret's secret.
 	listener  *config.Listener
 	route     *config.RouteTable
 	cluster   *config.Cluster
 	endpoints []config.Endpoint
+	secret    *config.Secret
 	// dependency is the RDS name a listener or the EDS name a cluster
 	// waits for; empty when it waits for nothing.
 	dependency string
@@ -126,6 +128,12 @@ func decodeResource(typeURL string, a *anypb.Any) (string, proto.Message, error)
 			return "", nil, fmt.Errorf("decode cluster load assignment: %w", err)
 		}
 		return m.GetClusterName(), m, nil
+	case TypeSecret:
+		m := &tlsv3.Secret{}
+		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
+			return "", nil, fmt.Errorf("decode secret: %w", err)
+		}
+		return m.GetName(), m, nil
 	default:
 		return "", nil, fmt.Errorf("unsupported type %q", typeURL)
 	}
@@ -152,6 +160,9 @@ func convertResource(m proto.Message) (*resource, error) {
 	case *endpointv3.ClusterLoadAssignment:
 		r.name = m.GetClusterName()
 		r.endpoints, err = convertClusterLoadAssignment(m)
+	case *tlsv3.Secret:
+		r.name = m.GetName()
+		r.secret, err = convertSecret(m)
 	default:
 		err = fmt.Errorf("unsupported message %T", m)
 	}

@@ -118,6 +118,7 @@ type endpoint struct {
 	region   string
 	zone     string
 	workload string // ns/name, the last tie-break
+	tls      bool   // reached with mutual TLS
 }
 
 // loadAssignment lists the workloads serving targetPort. Peers connect to the
@@ -126,7 +127,10 @@ type endpoint struct {
 // Unhealthy endpoints stay listed as UNHEALTHY so that proxy-status and
 // config dumps show them; every client skips them. Endpoints are unique by
 // address:port (grpc-go NACKs duplicates); a healthy one wins a collision.
-func (ix *Index) loadAssignment(name string, wls []*v1alpha1.Workload, targetPort int32) *endpointv3.ClusterLoadAssignment {
+//
+// With markTLS, endpoints that are a proxy's inbound listener carry the
+// metadata selecting the cluster's TLS transport socket match (auto mTLS).
+func (ix *Index) loadAssignment(name string, wls []*v1alpha1.Workload, targetPort int32, markTLS bool) *endpointv3.ClusterLoadAssignment {
 	var eps []endpoint
 	for _, w := range wls {
 		for _, wp := range w.Spec.Ports {
@@ -141,6 +145,7 @@ func (ix *Index) loadAssignment(name string, wls []*v1alpha1.Workload, targetPor
 				region:   w.Labels[labelRegion],
 				zone:     w.Labels[labelZone],
 				workload: key,
+				tls:      markTLS && tlsEndpoint(w, targetPort),
 			}
 			if wp.InboundPort > 0 {
 				e.port = wp.InboundPort
@@ -181,10 +186,14 @@ func (ix *Index) loadAssignment(name string, wls []*v1alpha1.Workload, targetPor
 		if !e.healthy {
 			hs = corev3.HealthStatus_UNHEALTHY
 		}
-		g.LbEndpoints = append(g.LbEndpoints, &endpointv3.LbEndpoint{
+		lbe := &endpointv3.LbEndpoint{
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(e.addr, e.port)}},
 			HealthStatus:   hs,
-		})
+		}
+		if e.tls {
+			lbe.Metadata = tlsEndpointMetadata()
+		}
+		g.LbEndpoints = append(g.LbEndpoints, lbe)
 	}
 	slices.SortFunc(locs, func(a, b loc) int {
 		return cmp.Or(strings.Compare(a.region, b.region), strings.Compare(a.zone, b.zone))

@@ -44,5 +44,19 @@ func FuzzTranslate(f *testing.F) {
 				t.Errorf("ForWorkload(%s/%s): %v", w.Namespace, w.Name, err)
 			}
 		}
+		// With mutual TLS, and the trust bundle the server adds.
+		m.MTLS = true
+		ix = NewIndex(m)
+		if err := ix.ForProxyless().Validate(); err != nil {
+			t.Errorf("ForProxyless with MTLS: %v", err)
+		}
+		bundle := TrustBundleSecret([][]byte{[]byte("root")})
+		for _, w := range m.Workloads {
+			r := ix.ForWorkload(w)
+			r.Secrets = append(r.Secrets, bundle)
+			if err := r.Validate(); err != nil {
+				t.Errorf("ForWorkload(%s/%s) with MTLS: %v", w.Namespace, w.Name, err)
+			}
+		}
 	})
 }

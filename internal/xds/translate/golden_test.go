@@ -3,6 +3,7 @@ package translate
 import (
 	"bytes"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"os"
@@ -13,6 +14,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -27,6 +29,10 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // TestGolden translates testdata/<case>/input.yaml and compares the result
 // for every proxied workload (<workload>.json) and for proxyless clients
 // (proxyless.json). Every resource must also pass its Validate().
+//
+// An optional dir/mesh.yaml sets Mesh options (mtls, trustDomain); with
+// mtls, the trust bundle secret built from dir/root.pem is added to each
+// Verge proxy's resources, as the xDS server adds it.
 func TestGolden(t *testing.T) {
 	dirs, err := filepath.Glob("testdata/*/input.yaml")
 	if err != nil {
@@ -40,11 +46,16 @@ func TestGolden(t *testing.T) {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			m := loadMesh(t, dir)
 			ix := NewIndex(m)
+			var secrets []*tlsv3.Secret
+			if m.MTLS {
+				secrets = []*tlsv3.Secret{TrustBundleSecret(loadRoots(t, filepath.Join(dir, "root.pem")))}
+			}
 			for _, wl := range m.Workloads {
 				if wl.Spec.Proxy == nil {
 					continue
 				}
 				got := ix.ForWorkload(wl)
+				got.Secrets = secrets
 				validateResources(t, got)
 				checkGolden(t, filepath.Join(dir, wl.Name+".json"), got)
 			}
@@ -68,6 +79,20 @@ func loadMesh(t *testing.T, dir string) Mesh {
 		t.Fatalf("decode %s: %v", dir, err)
 	}
 	var m Mesh
+	opts, err := os.ReadFile(filepath.Join(dir, "mesh.yaml"))
+	switch {
+	case err == nil:
+		var o struct {
+			MTLS        bool   `json:"mtls"`
+			TrustDomain string `json:"trustDomain"`
+		}
+		if err := yaml.UnmarshalStrict(opts, &o); err != nil {
+			t.Fatalf("mesh.yaml: %v", err)
+		}
+		m.MTLS, m.TrustDomain = o.MTLS, o.TrustDomain
+	case !errors.Is(err, os.ErrNotExist):
+		t.Fatal(err)
+	}
 	for _, o := range objs {
 		v1alpha1.Default(o)
 		if errs := v1alpha1.Validate(o); len(errs) > 0 {
@@ -108,6 +133,29 @@ type envelope struct {
 	Routes    []json.RawMessage `json:"routes"`
 	Clusters  []json.RawMessage `json:"clusters"`
 	Endpoints []json.RawMessage `json:"endpoints"`
+	Secrets   []json.RawMessage `json:"secrets,omitempty"`
+}
+
+// loadRoots reads the DER of every certificate in a PEM file.
+func loadRoots(t *testing.T, path string) [][]byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var roots [][]byte
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		roots = append(roots, b.Bytes)
+	}
+	if len(roots) == 0 {
+		t.Fatalf("%s: no certificates", path)
+	}
+	return roots
 }
 
 func marshalResources(t *testing.T, r Resources) []byte {
@@ -131,6 +179,9 @@ func marshalResources(t *testing.T, r Resources) []byte {
 	}
 	for _, m := range r.Endpoints {
 		add(&env.Endpoints, m)
+	}
+	for _, m := range r.Secrets {
+		add(&env.Secrets, m)
 	}
 	compact, err := json.Marshal(env)
 	if err != nil {
@@ -163,6 +214,9 @@ func unmarshalResources(t *testing.T, data []byte) Resources {
 	}
 	for _, b := range env.Endpoints {
 		r.Endpoints = append(r.Endpoints, unmarshalMsg[endpointv3.ClusterLoadAssignment](t, b))
+	}
+	for _, b := range env.Secrets {
+		r.Secrets = append(r.Secrets, unmarshalMsg[tlsv3.Secret](t, b))
 	}
 	return r
 }

@@ -38,6 +38,8 @@ type Index struct {
 	health map[string]Health
 
 	h2Options map[string]*anypb.Any // shared by every HTTP/2 cluster
+	tls       tlsIndex
+	authz     authzIndex
 }
 
 type serviceInfo struct {
@@ -61,20 +63,33 @@ type attachment[R any] struct {
 	section string
 }
 
+// mesh returns the port's cluster and endpoints as Verge proxies get them.
+func (pi *portInfo) mesh() (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment) {
+	if pi.meshCluster == nil {
+		return pi.cluster, pi.cla
+	}
+	return pi.meshCluster, pi.meshCLA
+}
+
 func (a attachment[R]) appliesTo(p v1alpha1.ServicePort) bool {
 	return (a.port == nil || *a.port == p.Port) && (a.section == "" || a.section == p.Name)
 }
 
 // portInfo is one service port and everything translated from it.
 type portInfo struct {
-	name     string // "NAME.NS.mesh:PORT": cluster, EDS and route config name
-	svc      *serviceInfo
-	port     v1alpha1.ServicePort
-	missing  bool // a backendRef names it but no such service port exists
-	cluster  *clusterv3.Cluster
-	cla      *endpointv3.ClusterLoadAssignment
-	routes   []*routev3.Route // HTTP-ish ports only
-	backends []*portInfo      // clusters routes send to, sorted by name, unique
+	name    string // "NAME.NS.mesh:PORT": cluster, EDS and route config name
+	svc     *serviceInfo
+	port    v1alpha1.ServicePort
+	missing bool // a backendRef names it but no such service port exists
+	cluster *clusterv3.Cluster
+	cla     *endpointv3.ClusterLoadAssignment
+	// meshCluster and meshCLA are what Verge proxies get: with auto mTLS
+	// when Mesh.MTLS is set and some endpoint is a proxy; nil means the
+	// same as cluster and cla (see mesh).
+	meshCluster *clusterv3.Cluster
+	meshCLA     *endpointv3.ClusterLoadAssignment
+	routes      []*routev3.Route // HTTP-ish ports only
+	backends    []*portInfo      // clusters routes send to, sorted by name, unique
 	// outbound is the route config Verge proxies and Envoy use (any Host);
 	// proxyless is the one gRPC clients use (Host must be the service).
 	outbound, proxyless *routev3.RouteConfiguration
@@ -99,6 +114,8 @@ func NewIndex(m Mesh) *Index {
 		ports:     make(map[string]*portInfo, len(m.Services)),
 		health:    m.Health,
 		h2Options: http2Options(),
+		tls:       newTLSIndex(m),
+		authz:     newAuthzIndex(m),
 	}
 
 	svcs := slices.Clone(m.Services)
@@ -125,7 +142,11 @@ func NewIndex(m Mesh) *Index {
 				continue
 			}
 			pi.cluster = ix.edsCluster(pi.name, p.Protocol, si.lbPolicy(p.Port))
-			pi.cla = ix.loadAssignment(pi.name, si.workloads, p.TargetPort)
+			pi.cla = ix.loadAssignment(pi.name, si.workloads, p.TargetPort, false)
+			if ids := ix.peerIDs(si.workloads, p.TargetPort); len(ids) > 0 {
+				pi.meshCluster = ix.meshCluster(pi.cluster, p.Protocol, ids)
+				pi.meshCLA = ix.loadAssignment(pi.name, si.workloads, p.TargetPort, true)
+			}
 			si.ports = append(si.ports, pi)
 			ix.ports[pi.name] = pi
 			ix.sorted = append(ix.sorted, pi)

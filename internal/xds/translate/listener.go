@@ -29,6 +29,10 @@ import (
 //   - per upstream: listener "outbound:LOCALPORT", the service port's route
 //     config, and every cluster and ClusterLoadAssignment it leads to.
 //
+// With Mesh.MTLS and wl.Spec.Proxy set, inbound listeners get the mutual TLS
+// filter chains of wl's MeshTLS mode, and outbound clusters auto mTLS
+// (tls.go).
+//
 // An upstream whose service or port does not exist (yet) gets an HTTP
 // listener and a route config "NAME.NS.mesh:PORT" with no routes: requests
 // get 404 until the service appears, when the listener takes the port's
@@ -42,6 +46,10 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 	appAddr := defaultAddr
 	if wl.Spec.Proxy != nil && wl.Spec.Proxy.AppAddress != "" {
 		appAddr = wl.Spec.Proxy.AppAddress
+	}
+	mode := v1alpha1.MeshTLSPermissive
+	if ix.tls.on {
+		mode = ix.tlsMode(wl, selecting)
 	}
 	for _, wp := range wl.Spec.Ports {
 		if wp.InboundPort <= 0 {
@@ -67,6 +75,9 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 		} else {
 			l.FilterChains = tcpChain("inbound_"+strconv.Itoa(int(wp.Port)), name, ix.authzNetworkFilters(wl, wp.Port)...)
 		}
+		if ix.tls.on && wl.Spec.Proxy != nil {
+			ix.secureInbound(l, mode, p)
+		}
 		b.listener(l)
 		b.cluster(ix.staticCluster(name, appAddr, wp.Port, p), nil)
 	}
@@ -90,11 +101,11 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 			l.FilterChains = hcmChain(stat, cname)
 			b.route(pi.outbound)
 			for _, be := range pi.backends {
-				b.cluster(be.cluster, be.cla)
+				b.cluster(be.mesh())
 			}
 		default:
 			l.FilterChains = tcpChain(stat, cname)
-			b.cluster(pi.cluster, pi.cla)
+			b.cluster(pi.mesh())
 		}
 		b.listener(l)
 	}

@@ -10,6 +10,10 @@
 //   - Verge proxy outbound listener: "outbound:LOCALPORT"; inbound listener
 //     and its local cluster: "inbound:APPPORT".
 //
+// With Mesh.MTLS, proxied workloads' inbound listeners take mutual TLS
+// (STRICT or PERMISSIVE by MeshTLS) and clusters use auto mTLS towards
+// proxied endpoints; see tls.go. The proxyless view never carries TLS.
+//
 // A service port's cluster is ROUND_ROBIN unless a DestinationPolicy
 // targeting the service (with that port or no port) says LeastRequest; when
 // several do, the oldest (creationTimestamp, then name) wins.
@@ -20,6 +24,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"verge.dev/verge/api/v1alpha1"
 )
@@ -47,8 +52,23 @@ type Mesh struct {
 	// ports' load-balancing policy; the oldest wins a conflict (see the
 	// package comment).
 	DestinationPolicies []*v1alpha1.DestinationPolicy
+	// MeshTLSes set STRICT or PERMISSIVE per mesh, namespace or service
+	// (see tls.go); they matter only when MTLS is set.
+	MeshTLSes []*v1alpha1.MeshTLS
+	// AuthorizationPolicies become authorization filters on proxied
+	// workloads' inbound listeners (see authz.go).
+	AuthorizationPolicies []*v1alpha1.AuthorizationPolicy
 	// Health by "namespace/name" of the workload; absent means HealthUnknown.
 	Health map[string]Health
+	// MTLS turns on mutual TLS between Verge proxies: TLS filter chains on
+	// proxied workloads' inbound listeners and auto mTLS on outbound
+	// clusters (see tls.go). The control plane sets it only once proxies
+	// can get certificates and the trust bundle is served; when false the
+	// output carries no TLS at all.
+	MTLS bool
+	// TrustDomain is the SPIFFE trust domain of the mesh's identities;
+	// DefaultTrustDomain when empty.
+	TrustDomain string
 }
 
 // Resources is the xDS resources for one client, each list sorted by name.
@@ -57,6 +77,9 @@ type Resources struct {
 	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
+	// Secrets are SDS secrets sent over ADS. The translator never fills
+	// them: the xDS server adds the trust bundle (TrustBundleSecret).
+	Secrets []*tlsv3.Secret
 }
 
 // Add appends o to the list of its kind and reports whether Mesh has one,
@@ -74,6 +97,10 @@ func (m *Mesh) Add(o v1alpha1.Object) bool {
 		m.GRPCRoutes = append(m.GRPCRoutes, o)
 	case *v1alpha1.DestinationPolicy:
 		m.DestinationPolicies = append(m.DestinationPolicies, o)
+	case *v1alpha1.MeshTLS:
+		m.MeshTLSes = append(m.MeshTLSes, o)
+	case *v1alpha1.AuthorizationPolicy:
+		m.AuthorizationPolicies = append(m.AuthorizationPolicies, o)
 	default:
 		return false
 	}

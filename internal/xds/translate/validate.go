@@ -7,8 +7,10 @@ import (
 	"slices"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -19,8 +21,8 @@ import (
 // pgv itself does not open), and r is closed under references: each route
 // configuration a listener names (in a filter chain or an api_listener),
 // each cluster a route or TCP proxy names and each EDS resource a cluster
-// names is present, and no route configuration or EDS resource is
-// unreferenced.
+// names is present, each SDS secret a TLS context fetches over ADS is
+// present, and no route configuration or EDS resource is unreferenced.
 //
 // It exists beside go-control-plane's Snapshot.Consistent() because that
 // one does not follow api_listener, so it refuses every proxyless snapshot.
@@ -38,13 +40,22 @@ func (r Resources) Validate() error {
 	for _, m := range r.Endpoints {
 		errs = append(errs, validateDeep(m))
 	}
+	for _, m := range r.Secrets {
+		errs = append(errs, validateDeep(m))
+	}
 	errs = append(errs, r.consistent())
 	return errors.Join(errs...)
 }
 
 func (r Resources) consistent() error {
 	wantRoutes, wantClusters, wantEDS := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	wantSecrets := map[string]bool{}
 	for _, l := range r.Listeners {
+		for _, fc := range l.GetFilterChains() {
+			if err := adsSecrets(fc.GetTransportSocket(), wantSecrets); err != nil {
+				return fmt.Errorf("listener %q: %w", l.GetName(), err)
+			}
+		}
 		var configs []*anypb.Any
 		if a := l.GetApiListener().GetApiListener(); a != nil {
 			configs = append(configs, a)
@@ -84,6 +95,14 @@ func (r Resources) consistent() error {
 		}
 	}
 	for _, c := range r.Clusters {
+		if err := adsSecrets(c.GetTransportSocket(), wantSecrets); err != nil {
+			return fmt.Errorf("cluster %q: %w", c.GetName(), err)
+		}
+		for _, m := range c.GetTransportSocketMatches() {
+			if err := adsSecrets(m.GetTransportSocket(), wantSecrets); err != nil {
+				return fmt.Errorf("cluster %q: %w", c.GetName(), err)
+			}
+		}
 		if c.GetType() == clusterv3.Cluster_EDS {
 			wantEDS[cmp.Or(c.GetEdsClusterConfig().GetServiceName(), c.GetName())] = true
 		}
@@ -106,7 +125,10 @@ func (r Resources) consistent() error {
 			errs = append(errs, fmt.Errorf("%s %q is referenced but missing", kind, n))
 		}
 	}
-	var routes, clusters, eds []string
+	var routes, clusters, eds, secrets []string
+	for _, m := range r.Secrets {
+		secrets = append(secrets, m.GetName())
+	}
 	for _, m := range r.Routes {
 		routes = append(routes, m.GetName())
 	}
@@ -120,6 +142,8 @@ func (r Resources) consistent() error {
 	// Unreferenced clusters are allowed (CDS is a wildcard subscription).
 	check("cluster", wantClusters, clusters, false)
 	check("cluster load assignment", wantEDS, eds, true)
+	// The trust bundle goes to every Verge proxy, TLS or not.
+	check("secret", wantSecrets, secrets, false)
 	return errors.Join(errs...)
 }
 
@@ -167,4 +191,35 @@ func validateAnys(m proto.Message) error {
 		return true
 	})
 	return errors.Join(errs...)
+}
+
+// adsSecrets adds to want the names of the SDS secrets ts's TLS context
+// fetches over ADS (the trust bundle); the local agent's are not sent.
+func adsSecrets(ts *corev3.TransportSocket, want map[string]bool) error {
+	a := ts.GetTypedConfig()
+	if a == nil {
+		return nil
+	}
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		return fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err)
+	}
+	var ctx *tlsv3.CommonTlsContext
+	switch m := m.(type) {
+	case *tlsv3.DownstreamTlsContext:
+		ctx = m.GetCommonTlsContext()
+	case *tlsv3.UpstreamTlsContext:
+		ctx = m.GetCommonTlsContext()
+	default:
+		return nil
+	}
+	refs := slices.Clone(ctx.GetTlsCertificateSdsSecretConfigs())
+	refs = append(refs, ctx.GetValidationContextSdsSecretConfig(),
+		ctx.GetCombinedValidationContext().GetValidationContextSdsSecretConfig())
+	for _, ref := range refs {
+		if ref.GetSdsConfig().GetAds() != nil {
+			want[ref.GetName()] = true
+		}
+	}
+	return nil
 }
