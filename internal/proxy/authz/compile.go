@@ -122,9 +122,15 @@ func (b *Builder) permissions(ps []*rbacv3.Permission) (node, error) {
 }
 
 func (b *Builder) permSet(ps []*rbacv3.Permission, kind nodeKind, depth int) (node, error) {
-	n := node{kind: kind, kids: make([]node, 0, len(ps))}
-	for i, p := range ps {
-		k, err := b.permission(p, depth+1)
+	return compileSet(ps, kind, depth, b.permission)
+}
+
+// compileSet compiles the members of an and/or list with one, collapsing a
+// single member to itself and an empty list to emptySet(kind).
+func compileSet[T any](items []T, kind nodeKind, depth int, one func(T, int) (node, error)) (node, error) {
+	n := node{kind: kind, kids: make([]node, 0, len(items))}
+	for i, it := range items {
+		k, err := one(it, depth+1)
 		if err != nil {
 			return node{}, fmt.Errorf("[%d]%w", i, err)
 		}
@@ -204,21 +210,7 @@ func (b *Builder) principals(ps []*rbacv3.Principal) (node, error) {
 }
 
 func (b *Builder) prinSet(ps []*rbacv3.Principal, kind nodeKind, depth int) (node, error) {
-	n := node{kind: kind, kids: make([]node, 0, len(ps))}
-	for i, p := range ps {
-		k, err := b.principal(p, depth+1)
-		if err != nil {
-			return node{}, fmt.Errorf("[%d]%w", i, err)
-		}
-		n.kids = append(n.kids, k)
-	}
-	if len(n.kids) == 1 {
-		return n.kids[0], nil
-	}
-	if len(n.kids) == 0 {
-		return emptySet(kind), nil
-	}
-	return n, nil
+	return compileSet(ps, kind, depth, b.principal)
 }
 
 func (b *Builder) principal(p *rbacv3.Principal, depth int) (node, error) {
