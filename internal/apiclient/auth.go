@@ -3,7 +3,6 @@ package apiclient
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 
@@ -11,6 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"verge.dev/verge/internal/ca"
 )
 
 // DefaultTrustDomain is the trust domain assumed when the bundle's roots do
@@ -40,21 +41,9 @@ func ControlPlaneID(td spiffeid.TrustDomain) (spiffeid.ID, error) {
 // name none. clientSVID, when not nil, is presented as client certificate
 // (an administrator's or a workload's SVID).
 func ServerTLSConfig(bundlePEM []byte, clientSVID x509svid.Source) (*tls.Config, error) {
-	var roots []*x509.Certificate
-	for rest := bundlePEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse ca bundle: certificate %d: %w", len(roots), err)
-		}
-		roots = append(roots, c)
+	roots, err := ca.ParseCertificatesPEM(bundlePEM)
+	if err != nil {
+		return nil, fmt.Errorf("parse ca bundle: %w", err)
 	}
 	if len(roots) == 0 {
 		return nil, errors.New("parse ca bundle: no CERTIFICATE block")

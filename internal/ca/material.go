@@ -103,21 +103,9 @@ func (m *Material) verify(now time.Time) error {
 // private key (PKCS#8, SEC 1 or PKCS#1). The bundle of a CA built from it is
 // the operator's root. The chain is verified against the clock in New.
 func MaterialFromPEM(chainPEM, keyPEM []byte) (*Material, error) {
-	var certs []*x509.Certificate
-	for rest := chainPEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse ca chain: certificate %d: %w", len(certs), err)
-		}
-		certs = append(certs, c)
+	certs, err := ParseCertificatesPEM(chainPEM)
+	if err != nil {
+		return nil, fmt.Errorf("parse ca chain: %w", err)
 	}
 	if len(certs) == 0 {
 		return nil, fmt.Errorf("parse ca chain: %w: no CERTIFICATE block", ErrBadMaterial)
@@ -430,4 +418,25 @@ func writeFileAtomic(dir, name string, data []byte) (err error) {
 		return fmt.Errorf("sync dir: %w", err)
 	}
 	return nil
+}
+
+// ParseCertificatesPEM parses every CERTIFICATE block of data, in order,
+// skipping blocks of other types; an empty result is not an error.
+func ParseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return certs, nil
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", len(certs), err)
+		}
+		certs = append(certs, c)
+	}
 }
