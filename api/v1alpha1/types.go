@@ -56,6 +56,12 @@ type ServiceSpec struct {
 	// Selector picks the workloads behind the service by their labels.
 	// Defaults to {"app": metadata.name}.
 	Selector map[string]string `json:"selector,omitempty"`
+	// ServiceAccounts, when set, admits only selected workloads that run as
+	// one of these service accounts (of the service's namespace). Labels are
+	// chosen by whoever registers a workload, identities are not: a proxy
+	// holding another service's join token cannot join this service, and
+	// receive its traffic and its peers' trust, by copying its labels.
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
 
 // ServicePort is one port of a Service.

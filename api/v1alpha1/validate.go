@@ -99,8 +99,26 @@ func validateServiceSpec(s *ServiceSpec, p *field.Path) field.ErrorList {
 		errs = append(errs, portNumber(pp.Child("targetPort"), sp.TargetPort)...)
 	}
 	errs = append(errs, labels(p.Child("selector"), s.Selector)...)
+	sas := map[string]bool{}
+	for i, sa := range s.ServiceAccounts {
+		sp := p.Child("serviceAccounts").Index(i)
+		for _, msg := range validation.IsDNS1123Subdomain(sa) {
+			errs = append(errs, field.Invalid(sp, sa, msg))
+		}
+		if sas[sa] {
+			errs = append(errs, field.Duplicate(sp, sa))
+		}
+		sas[sa] = true
+	}
+	if n := len(s.ServiceAccounts); n > maxServiceAccounts {
+		errs = append(errs, field.TooMany(p.Child("serviceAccounts"), n, maxServiceAccounts))
+	}
 	return errs
 }
+
+// maxServiceAccounts bounds ServiceSpec.ServiceAccounts; a service run by
+// more identities than this is better described by a selector per identity.
+const maxServiceAccounts = 64
 
 func validateWorkloadSpec(s *WorkloadSpec, p *field.Path) field.ErrorList {
 	errs := ipAddress(p.Child("address"), s.Address)

@@ -113,6 +113,14 @@ spec:
 			},
 		},
 		{
+			name: "service accounts",
+			in:   "apiVersion: verge.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}], serviceAccounts: [web, web, Bad_SA]}\n",
+			want: []string{
+				`spec.serviceAccounts[1]: Duplicate value: "web"`,
+				`spec.serviceAccounts[2]: Invalid value: "Bad_SA": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`,
+			},
+		},
+		{
 			name: "service without ports",
 			in:   "apiVersion: verge.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {}\n",
 			want: []string{`spec.ports: Required value: a service needs at least one port`},

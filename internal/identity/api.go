@@ -101,3 +101,46 @@ type RotateResponse struct {
 	// TrustBundle is the PEM of every root now trusted, the new one first.
 	TrustBundle []string `json:"trustBundle"`
 }
+
+// CertificateInfo is one issued X.509 SVID as the control plane recorded it
+// when it signed it (GET /api/v1/certificates, and the answer to a
+// revocation).
+type CertificateInfo struct {
+	// Serial is the certificate's serial number in lower-case hex, without
+	// leading zeros (big.Int.Text(16)).
+	Serial   string `json:"serial"`
+	SPIFFEID string `json:"spiffeID"`
+	// TokenID is the join token the certificate descends from: the one that
+	// obtained the first certificate of the chain of renewals it belongs
+	// to. Empty for the control plane's own certificates.
+	TokenID   string     `json:"tokenID,omitempty"`
+	IssuedAt  time.Time  `json:"issuedAt"`
+	ExpiresAt time.Time  `json:"expiresAt"`
+	RevokedAt *time.Time `json:"revokedAt,omitempty"`
+	// Reason is the operator's note given at revocation, or "token <id>
+	// revoked" for certificates revoked with their join token.
+	Reason string `json:"reason,omitempty"`
+}
+
+// CertificateList is the answer to GET /api/v1/certificates: the
+// certificates not yet expired, oldest first. Query parameters spiffeID and
+// tokenID filter it.
+type CertificateList struct {
+	Items []CertificateInfo `json:"items"`
+}
+
+// RevokeRequest is the optional body of POST
+// /api/v1/certificates/{serial}/revoke, answered 200 with the
+// CertificateInfo. Revoking an already revoked certificate is not an error.
+type RevokeRequest struct {
+	// Reason is kept with the revocation and shown in listings (at most 256
+	// bytes).
+	Reason string `json:"reason,omitempty"`
+}
+
+// TokenRevoked is the 200 answer to DELETE /api/v1/tokens/{id}: revoking a
+// join token also revokes every unexpired certificate that descends from it.
+type TokenRevoked struct {
+	ID                  string `json:"id"`
+	RevokedCertificates int    `json:"revokedCertificates"`
+}

@@ -44,6 +44,10 @@ type Secret struct {
 	Name        string
 	TrustDomain string
 	Roots       [][]byte
+	// Revoked holds the serial numbers (lower-case hex, big.Int.Text(16))
+	// of the certificates the control plane revoked, read from the
+	// validation context's CRL. A peer whose leaf is among them is refused.
+	Revoked map[string]struct{}
 }
 
 // TLSMode says what an inbound listener accepts.
@@ -207,6 +211,13 @@ type LBPolicy int
 const (
 	LBRoundRobin LBPolicy = iota + 1
 	LBLeastRequest
+	// LBRingHash and LBMaglev pick by a hash of the request (the route's
+	// hash policy: header, cookie or source IP), for session affinity.
+	LBRingHash
+	LBMaglev
+	// LBPeakEWMA weighs each endpoint by its peak-sensitive moving average
+	// of latency times its outstanding requests, as Linkerd does.
+	LBPeakEWMA
 )
 
 // Cluster is a set of endpoints and how to reach them.
@@ -231,4 +242,11 @@ type Endpoint struct {
 	// TLS: the endpoint is a Verge proxy (or Envoy) reached with the
 	// cluster's UpstreamTLS; otherwise plaintext.
 	TLS bool
+	// Priority is the EDS locality priority: 0 for the caller's own zone,
+	// 1 for its region, 2 for the rest (the control plane assigns it per
+	// proxy). Traffic spills to a higher number only as lower ones lose
+	// healthy endpoints.
+	Priority uint32
+	// Zone and Region are the endpoint's locality (workload labels).
+	Zone, Region string
 }

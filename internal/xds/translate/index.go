@@ -191,7 +191,7 @@ func (ix *Index) selectWorkloads(all []*v1alpha1.Workload) {
 			}
 		}
 		for _, w := range cands {
-			if selects(sel, w.Labels) {
+			if selects(sel, w.Labels) && admits(si.svc, w) {
 				si.workloads = append(si.workloads, w)
 				ix.selecting[w] = append(ix.selecting[w], si)
 			}
@@ -200,6 +200,15 @@ func (ix *Index) selectWorkloads(all []*v1alpha1.Workload) {
 }
 
 type labelKey struct{ ns, k, v string }
+
+// admits applies a service's spec.serviceAccounts to a workload its selector
+// picked: with the list set, only workloads running as one of them belong.
+func admits(svc *v1alpha1.Service, w *v1alpha1.Workload) bool {
+	if len(svc.Spec.ServiceAccounts) == 0 {
+		return true
+	}
+	return slices.Contains(svc.Spec.ServiceAccounts, cmp.Or(w.Spec.ServiceAccount, "default"))
+}
 
 func selects(sel, labels map[string]string) bool {
 	if len(sel) == 0 {
@@ -222,7 +231,7 @@ func (ix *Index) servicesSelecting(wl *v1alpha1.Workload) []*serviceInfo {
 	// namespace, which is already sorted.
 	var out []*serviceInfo
 	for _, si := range ix.byNS[wl.Namespace] {
-		if selects(si.svc.Spec.Selector, wl.Labels) {
+		if selects(si.svc.Spec.Selector, wl.Labels) && admits(si.svc, wl) {
 			out = append(out, si)
 		}
 	}
