@@ -68,8 +68,8 @@ type AuthConfig struct {
 }
 
 // Guard authenticates API callers and decides what they may do. Reads
-// (GET, HEAD) are open, except the join-token list; every other request
-// needs a principal:
+// (GET, HEAD) are open, except the join-token and certificate lists; every
+// other request needs a principal:
 //
 //   - an administrator (Authorization: Bearer <admin token>, or a client
 //     SVID equal to AdminID) may do anything;
@@ -191,15 +191,21 @@ func (g *Guard) authorize(w http.ResponseWriter, r *http.Request, p principal) e
 	clean := path.Clean(r.URL.Path)
 	read := r.Method == http.MethodGet || r.Method == http.MethodHead
 	tokens := clean == TokensPath || strings.HasPrefix(clean, TokensPath+"/")
+	// The certificate list tells which identities exist and how to revoke
+	// them: administrators only, like the join tokens.
+	certs := clean == CertificatesPath || strings.HasPrefix(clean, CertificatesPath+"/")
 	switch {
-	case read && !tokens:
+	case read && !tokens && !certs:
 		return nil
 	case r.Method == http.MethodPost && clean == CertificatesPath:
 		return nil
 	case p.id.IsZero():
 		what := "writes"
-		if tokens {
+		switch {
+		case tokens:
 			what = "join tokens"
+		case certs:
+			what = "certificate listings and revocations"
 		}
 		return &authRefusal{http.StatusUnauthorized, RefusedAnonymous,
 			"authentication required: " + what + " need an admin token (Authorization: Bearer <token>) or an admin client certificate"}

@@ -3,9 +3,14 @@
 // keeps the trust bundle (the roots proxies trust, with an overlap window when
 // the root is rotated), keeps the CA key encrypted at rest, and manages the
 // join tokens a proxy presents to prove which service account it may claim.
+// It also owns what revocation needs from a CA: the lineage of a
+// certificate (the join token it descends from, carried in its subject and
+// copied on renewal; see Lineage) and signing certificate revocation lists
+// (CRL).
 //
 // It does not own transport (SDS, the Workload API, TLS listeners), the API
-// that exposes token creation and CSR signing, or the storage backend: tokens
+// that exposes token creation and CSR signing, the record of issued and
+// revoked certificates (internal/identity), or the storage backend: tokens
 // go through the small TokenStore interface and the CA material is a value the
 // caller saves with Material.Save. Nothing here starts goroutines or logs.
 //
@@ -26,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -61,6 +67,7 @@ var (
 	ErrBadMaterial      = errors.New("ca: invalid signing material")
 	ErrRotateOperatorCA = errors.New("ca: cannot rotate an operator-supplied ca")
 	ErrBadPassphrase    = errors.New("ca: wrong passphrase or corrupted key file")
+	ErrBadLineage       = errors.New("ca: invalid lineage")
 )
 
 // Config configures New. The caller must not modify it after the call.
@@ -92,6 +99,8 @@ type CA struct {
 	// rotateMu serializes writers of mat; readers load mat without it.
 	rotateMu sync.Mutex
 	mat      atomic.Pointer[Material]
+	// crlNumber is the number of the last CRL signed (see CRL).
+	crlNumber atomic.Int64
 }
 
 // New checks cfg, generates a self-signed root when cfg.Material is nil, and
@@ -179,6 +188,32 @@ func (c *CA) Rotate(overlap time.Duration) error {
 // ErrCSRTooLarge, ErrBadCSR, ErrUnsupportedKey, ErrIdentityMismatch,
 // ErrWrongTrustDomain or ErrCAExpired.
 func (c *CA) SignCSR(csrDER []byte, id spiffeid.ID) ([]*x509.Certificate, error) {
+	return c.SignCSRWith(csrDER, id, SignOptions{})
+}
+
+// SignOptions adds to what SignCSRWith puts in a certificate beside the
+// SPIFFE ID. The CSR's own DNS and IP SANs are always dropped: a proxy may
+// not choose them.
+type SignOptions struct {
+	// Lineage is the ID of the join token the certificate descends from,
+	// recorded in the subject (see Lineage) so that renewals carry it on and
+	// revoking the token reaches every certificate it led to. Empty for
+	// certificates issued without a token (the control plane's own). At
+	// most MaxLineage bytes of letters, digits, '-' and '_'.
+	Lineage string
+	// DNSNames and IPAddresses become DNS and IP SANs. Only the control
+	// plane's own certificate has them, so that clients checking host names
+	// (curl --cacert, browsers) accept it; the caller decides who gets them.
+	DNSNames    []string
+	IPAddresses []net.IP
+}
+
+// SignCSRWith is SignCSR with the additions in opts. A malformed
+// opts.Lineage is refused with ErrBadLineage.
+func (c *CA) SignCSRWith(csrDER []byte, id spiffeid.ID, opts SignOptions) ([]*x509.Certificate, error) {
+	if err := checkLineage(opts.Lineage); err != nil {
+		return nil, fmt.Errorf("sign csr for %s: %w", id, err)
+	}
 	if id.IsZero() {
 		return nil, fmt.Errorf("sign csr: identity is empty: %w", ErrWrongTrustDomain)
 	}
@@ -219,12 +254,15 @@ func (c *CA) SignCSR(csrDER []byte, id spiffeid.ID) ([]*x509.Certificate, error)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
+		Subject:               lineageSubject(opts.Lineage),
 		NotBefore:             now.Add(-clockSkew),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              opts.DNSNames,
+		IPAddresses:           opts.IPAddresses,
 		// x509.CreateCertificate copies the parent's SubjectKeyId here too;
 		// set explicitly so the intent survives library changes.
 		AuthorityKeyId: m.cert.SubjectKeyId,

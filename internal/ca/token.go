@@ -124,6 +124,8 @@ type TokenStore interface {
 	// an optimistic store retries on conflict, so fn must be free of side
 	// effects and must not call the store (MemTokenStore runs it under its lock).
 	Update(ctx context.Context, id string, fn func(Token) (Token, error)) (Token, error)
+	// Get returns the token with ID id, or ErrTokenNotFound.
+	Get(ctx context.Context, id string) (Token, error)
 	// List returns every stored token in any order.
 	List(ctx context.Context) ([]Token, error)
 	// Delete removes a token, or fails with ErrTokenNotFound.
@@ -238,6 +240,16 @@ func (t *Tokens) Revoke(ctx context.Context, id string) error {
 	return nil
 }
 
+// Get returns the stored token with ID id (ErrTokenNotFound when there is
+// none, for example after Prune removed it).
+func (t *Tokens) Get(ctx context.Context, id string) (Token, error) {
+	tok, err := t.store.Get(ctx, id)
+	if err != nil {
+		return Token{}, fmt.Errorf("get join token %s: %w", id, err)
+	}
+	return tok, nil
+}
+
 // List returns every stored token, oldest first.
 func (t *Tokens) List(ctx context.Context) ([]Token, error) {
 	toks, err := t.store.List(ctx)
@@ -308,6 +320,17 @@ func (s *MemTokenStore) Update(_ context.Context, id string, fn func(Token) (Tok
 	}
 	tok.ID = id
 	s.toks[id] = tok
+	return tok, nil
+}
+
+// Get implements TokenStore.
+func (s *MemTokenStore) Get(_ context.Context, id string) (Token, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tok, ok := s.toks[id]
+	if !ok {
+		return Token{}, ErrTokenNotFound
+	}
 	return tok, nil
 }
 

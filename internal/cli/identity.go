@@ -132,18 +132,33 @@ func newTokenListCommand(e *env) *cobra.Command {
 func newTokenRevokeCommand(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "revoke ID",
-		Short: "Revoke a join token: it obtains no more certificates (issued ones stay valid until they expire)",
+		Short: "Revoke a join token: it obtains no more certificates, and those it obtained are revoked",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := withTimeout(cmd)
 			defer cancel()
-			if err := e.call(ctx, http.MethodDelete, identity.TokensPath+"/"+url.PathEscape(args[0]), nil, nil); err != nil {
+			// A control plane with the certificate inventory answers 200
+			// with a TokenRevoked; an older one 204 without a body, and
+			// tr stays zero.
+			var tr identity.TokenRevoked
+			if err := e.call(ctx, http.MethodDelete, identity.TokensPath+"/"+url.PathEscape(args[0]), nil, &tr); err != nil {
 				return err
 			}
-			fmt.Fprintf(e.out, "join token %q revoked\n", args[0])
+			if tr.ID == "" {
+				fmt.Fprintf(e.out, "join token %q revoked\n", args[0])
+				return nil
+			}
+			fmt.Fprintf(e.out, "join token %q revoked, and %s issued with it\n", tr.ID, certificatesText(tr.RevokedCertificates))
 			return nil
 		},
 	}
+}
+
+func certificatesText(n int) string {
+	if n == 1 {
+		return "1 certificate"
+	}
+	return strconv.Itoa(n) + " certificates"
 }
 
 func newCACommand(e *env) *cobra.Command {
@@ -191,10 +206,17 @@ func newCACommand(e *env) *cobra.Command {
 }
 
 // call sends in (JSON, when not nil) to the identity API and decodes a 2xx
-// answer into out: JSON, or the raw body when out is a *bytes.Buffer. Any
-// other answer becomes an *apiclient.StatusError, as apiclient's calls give,
-// so errors render the same (apiclient has no calls for these endpoints).
+// answer into out: JSON, or the raw body when out is a *bytes.Buffer; an
+// empty body (204) leaves out untouched. Any other answer becomes an
+// *apiclient.StatusError, as apiclient's calls give, so errors render the
+// same (apiclient has no calls for these endpoints).
 func (e *env) call(ctx context.Context, method, path string, in, out any) error {
+	return e.callAs(ctx, e.bearer, method, path, in, out)
+}
+
+// callAs is call with bearer sent instead of the admin token: a join token,
+// for `verge cert request`.
+func (e *env) callAs(ctx context.Context, bearer, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -210,8 +232,8 @@ func (e *env) call(ctx context.Context, method, path string, in, out any) error 
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if e.bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+e.bearer)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
 	resp, err := e.httpClient().Do(req)
 	if err != nil {
@@ -231,12 +253,14 @@ func (e *env) call(ctx context.Context, method, path string, in, out any) error 
 	case *bytes.Buffer:
 		o.Write(b)
 		return nil
-	default:
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: decode response: %w", method, path, err)
-		}
+	}
+	if len(b) == 0 {
 		return nil
 	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+	}
+	return nil
 }
 
 // statusError turns a refused request's body, a Status when the control

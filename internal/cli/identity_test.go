@@ -42,7 +42,7 @@ func identityServer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	for _, p := range []string{identity.TokensPath, identity.TokensPath + "/", identity.CertificatesPath, identity.BundlePath, identity.RotatePath} {
+	for _, p := range []string{identity.TokensPath, identity.TokensPath + "/", identity.CertificatesPath, identity.CertificatesPath + "/", identity.BundlePath, identity.RotatePath} {
 		mux.Handle(p, srv.Handler())
 	}
 	hs := httptest.NewServer(mux)
@@ -83,7 +83,7 @@ func TestTokenCommands(t *testing.T) {
 	}
 	db, _ := createToken(t, url, "--service-account", "db", "--uses", "3")
 
-	if out := mustRun(t, url, "", "token", "revoke", db); out != "join token \""+db+"\" revoked\n" {
+	if out := mustRun(t, url, "", "token", "revoke", db); out != "join token \""+db+"\" revoked, and 0 certificates issued with it\n" {
 		t.Errorf("revoke: %q", out)
 	}
 	got := mustRun(t, url, "", "token", "list")

@@ -1,9 +1,12 @@
 // Package cli owns the `verge` command line for resources: the root command
-// with its --server flag, and the apply, get, delete, describe, proxy-status,
-// token, ca and version subcommands, which talk to the control plane through
-// internal/apiclient (token and ca through the identity API's types in
-// internal/identity). It also owns how errors are shown to a user and which
-// exit code they map to.
+// with its --server and credential flags (admin token, client certificate,
+// trust bundle), and the apply, get, delete, describe, proxy-status, token,
+// cert, ca and version subcommands, which talk to the control plane through
+// internal/apiclient (token, cert and ca through the identity API's types in
+// internal/identity). `verge cert request` makes a key and obtains an SVID
+// for it with a join token, writing the key, chain and bundle files the
+// credential flags read. It also owns how errors are shown to a user and
+// which exit code they map to.
 //
 // It does not own the roles that run servers (control-plane, proxy, demo):
 // cmd/verge adds those commands to the root this package builds.
@@ -20,6 +23,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"verge.dev/verge/api/v1alpha1"
 	"verge.dev/verge/internal/apiclient"
@@ -95,7 +99,7 @@ func flatten(err error) []error {
 func render(err error) string {
 	msg := err.Error()
 	if apiclient.IsUnauthorized(err) {
-		return "not authenticated: pass --token or set VERGE_TOKEN (the control plane wrote one to DATA-DIR/admin-token): " + msg
+		return "not authenticated: pass --token or set VERGE_TOKEN (the control plane wrote one to DATA-DIR/admin-token), or an admin certificate with --cert and --key: " + msg
 	}
 	se, ok := errors.AsType[*apiclient.StatusError](err)
 	if !ok || len(se.Causes) == 0 {
@@ -120,8 +124,8 @@ func render(err error) string {
 }
 
 // env is what every subcommand shares: the streams, the clock, the
-// --server, --token, --token-file and --ca-file flags' values, and what
-// connect made of them.
+// --server, --token, --token-file, --ca-file, --cert and --key flags'
+// values, and what connect made of them.
 type env struct {
 	out, errOut io.Writer
 	in          io.Reader
@@ -129,6 +133,7 @@ type env struct {
 	now         func() time.Time
 
 	token, tokenFile, caFile string
+	certFile, keyFile        string
 	// hc is the HTTP client for the server (TLS when it is https);
 	// bearer the token sent with every request. Set by connect.
 	hc     *http.Client
@@ -149,8 +154,24 @@ func (e *env) httpClient() *http.Client {
 // connect resolves the credentials and transport for the server: the token
 // from --token, else --token-file, else (talking to the default local
 // control plane) DefaultTokenFile when it exists; for an https server, TLS
-// that trusts --ca-file's roots and accepts only the control plane's SVID.
+// that trusts --ca-file's roots, accepts only the control plane's SVID and
+// presents the --cert/--key SVID when given. A token and a certificate may
+// both be given: both are sent and the server decides.
 func (e *env) connect() error {
+	https := strings.HasPrefix(e.server, "https://")
+	if e.certFile != "" || e.keyFile != "" {
+		switch {
+		case e.certFile == "":
+			return usageError("--key needs --cert (env VERGE_CERT_FILE): the certificate chain that goes with the key")
+		case e.keyFile == "":
+			return usageError("--cert needs --key (env VERGE_KEY_FILE): the private key of the certificate")
+		case !https:
+			// Over plaintext there is no handshake to present a
+			// certificate in; sending the request anyway would make it
+			// anonymous, which is never what the user meant.
+			return usageError("--cert and --key need an https:// --server (a client certificate is presented in the TLS handshake); --server is %s", e.server)
+		}
+	}
 	switch {
 	case e.token != "":
 		e.bearer = e.token
@@ -169,7 +190,7 @@ func (e *env) connect() error {
 			e.bearer = strings.TrimSpace(string(b))
 		}
 	}
-	if !strings.HasPrefix(e.server, "https://") {
+	if !https {
 		return nil
 	}
 	if e.caFile == "" {
@@ -179,12 +200,45 @@ func (e *env) connect() error {
 	if err != nil {
 		return usageError("--ca-file: %v", err)
 	}
-	tc, err := apiclient.ServerTLSConfig(pemBytes, nil)
+	var clientSVID x509svid.Source
+	if e.certFile != "" {
+		svid, err := e.loadSVID()
+		if err != nil {
+			return err
+		}
+		clientSVID = svid
+	}
+	tc, err := apiclient.ServerTLSConfig(pemBytes, clientSVID)
 	if err != nil {
 		return usageError("--ca-file %q: %v", e.caFile, err)
 	}
 	e.hc = &http.Client{Timeout: requestTimeout, Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}}
 	return nil
+}
+
+// loadSVID reads --cert and --key and checks with go-spiffe that they are
+// one X.509 SVID (a SPIFFE ID in the leaf, the key matching it). It reads
+// the files itself rather than through x509svid.Load so that an error names
+// the flag whose file is missing. An expired certificate is refused here:
+// the server's handshake failure would not say why.
+func (e *env) loadSVID() (*x509svid.SVID, error) {
+	certPEM, err := os.ReadFile(e.certFile)
+	if err != nil {
+		return nil, usageError("--cert: %v", err)
+	}
+	keyPEM, err := os.ReadFile(e.keyFile)
+	if err != nil {
+		return nil, usageError("--key: %v", err)
+	}
+	svid, err := x509svid.Parse(certPEM, keyPEM)
+	if err != nil {
+		return nil, usageError("--cert %q and --key %q: %v", e.certFile, e.keyFile, err)
+	}
+	if leaf := svid.Certificates[0]; !e.now().Before(leaf.NotAfter) {
+		return nil, usageError("--cert %q: certificate of %s expired at %s: get a new one with verge cert request",
+			e.certFile, svid.ID, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return svid, nil
 }
 
 // NewRootCommand builds the `verge` command with the resource subcommands.
@@ -220,6 +274,8 @@ func newRootCommand(version string, out, errOut io.Writer, in io.Reader, now fun
 	pf.StringVar(&e.token, "token", os.Getenv("VERGE_TOKEN"), "admin bearer token (env VERGE_TOKEN)")
 	pf.StringVar(&e.tokenFile, "token-file", os.Getenv("VERGE_TOKEN_FILE"), "file holding the admin bearer token (env VERGE_TOKEN_FILE; default "+DefaultTokenFile+" when --server is the default)")
 	pf.StringVar(&e.caFile, "ca-file", os.Getenv("VERGE_CA_FILE"), "PEM trust bundle to verify an https control plane with (env VERGE_CA_FILE)")
+	pf.StringVar(&e.certFile, "cert", os.Getenv("VERGE_CERT_FILE"), "PEM certificate chain (an SVID, leaf first) to present as client certificate to an https control plane; needs --key (env VERGE_CERT_FILE)")
+	pf.StringVar(&e.keyFile, "key", os.Getenv("VERGE_KEY_FILE"), "PEM private key of --cert (env VERGE_KEY_FILE)")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error { return e.connect() }
 	root.AddCommand(
 		newApplyCommand(e),
@@ -228,6 +284,7 @@ func newRootCommand(version string, out, errOut io.Writer, in io.Reader, now fun
 		newDescribeCommand(e),
 		newProxyStatusCommand(e),
 		newTokenCommand(e),
+		newCertCommand(e),
 		newCACommand(e),
 		newVersionCommand(e, version),
 	)

@@ -4,8 +4,11 @@
 // context ends, then shuts them down in order. It owns the wiring and the
 // shutdown order only; each part lives in its own package. Two things it
 // does own: the API and xDS ports' transport (listen.go: TLS and loopback
-// plaintext on one port, refusals counted) and the control plane's own SVID
-// (svid.go), because both exist only to serve those ports.
+// plaintext on one port, revoked client certificates refused, refusals
+// counted) and the control plane's own SVID (svid.go), because both exist
+// only to serve those ports. It also pushes the trust bundle with a CRL of
+// the revoked certificates to proxies (trustPusher) at start, after a
+// rotation and after a revocation.
 //
 // Every API request passes apiserver.Guard (admin token or admin SVID for
 // writes, workload SVIDs for their own Workload and health).
@@ -16,7 +19,8 @@
 //	/api/v1/proxies           xDS clients and their versions (xds)
 //	/api/v1/health/{ns}/{wl}  proxy readiness reports (registry)
 //	/api/v1/tokens, /api/v1/certificates, /api/v1/bundle, /api/v1/ca/rotate
-//	                          join tokens, SVIDs, trust bundle (identity)
+//	                          join tokens, SVIDs, their log and revocation,
+//	                          trust bundle (identity)
 //	/healthz, /version, /metrics
 //	/                         dashboard (web)
 package controlplane
@@ -24,6 +28,7 @@ package controlplane
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -199,7 +204,43 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	td := authority.Bundle().TrustDomain()
-	svid, err := newSelfSVID(authority, certSANs(cfg.TLSSANs, apiRaw.Addr(), xdsRaw.Addr()), logger)
+
+	// The identity server comes first: the control plane's own certificate
+	// is recorded in its log, and the listeners ask it about revocations.
+	// Its hooks reach the xDS server and the SVID, made below; neither
+	// hook runs before Run serves.
+	var (
+		svid  *selfSVID
+		idsrv *identity.Server
+		trust = &trustPusher{ca: authority, logger: logger}
+	)
+	idsrv, err = identity.New(identity.Config{
+		CA:           authority,
+		Tokens:       ca.NewTokens(td, identity.NewStoreTokens(st), nil),
+		Certificates: identity.NewStoreCertificates(st),
+		Persist:      func(m *ca.Material) error { return m.Save(caDir(cfg), cfg.CAPassphrase) },
+		Registerer:   metrics,
+		OnRotate: func() {
+			trust.push()
+			svid.Renew()
+		},
+		OnRevoke: func() {
+			trust.push()
+			if idsrv.IsRevoked(svid.serial()) {
+				svid.Renew()
+			}
+		},
+	}, logger)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	// Revocations recorded before a restart hold from the first handshake.
+	if _, err := idsrv.Refresh(ctx); err != nil {
+		closeAll()
+		return err
+	}
+	svid, err = newSelfSVID(ctx, authority, certSANs(cfg.TLSSANs, apiRaw.Addr(), xdsRaw.Addr()), idsrv.Record, logger)
 	if err != nil {
 		closeAll()
 		return err
@@ -217,12 +258,12 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	metrics.MustRegister(refused)
 	portLogger := logger.With("component", "listener")
 	apiLis := newDualListener(apiRaw, portConfig{
-		name: "api", tls: serverTLS(svid, bundle, td, []string{"h2", "http/1.1"}),
+		name: "api", tls: serverTLS(svid, bundle, td, []string{"h2", "http/1.1"}, idsrv.IsRevoked),
 		plaintextOK: apiPlaintextOK, plaintextPeek: 1,
 		timeout: cfg.HandshakeTimeout, refused: refused, logger: portLogger,
 	})
 	xdsLis := newDualListener(xdsRaw, portConfig{
-		name: "xds", tls: serverTLS(svid, bundle, td, []string{"h2"}),
+		name: "xds", tls: serverTLS(svid, bundle, td, []string{"h2"}, idsrv.IsRevoked),
 		plaintextOK: xdsPlaintextOK, plaintextPeek: len(http2Preface),
 		timeout: cfg.HandshakeTimeout, refused: refused, logger: portLogger,
 	})
@@ -238,22 +279,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	// identities (--insecure-allow-anonymous), where proxies may have none.
 	xsrv := xds.New(xds.Config{Meshes: reg.Meshes(), Observer: reg, Registerer: metrics,
 		ServerOptions: xopts, MTLS: !cfg.AllowAnonymous}, logger)
-	pushBundle := func() { xsrv.SetTrustBundle(td.Name(), rootsDER(authority)) }
-	pushBundle()
-	idsrv, err := identity.New(identity.Config{
-		CA:         authority,
-		Tokens:     ca.NewTokens(td, identity.NewStoreTokens(st), nil),
-		Persist:    func(m *ca.Material) error { return m.Save(caDir(cfg), cfg.CAPassphrase) },
-		Registerer: metrics,
-		OnRotate: func() {
-			pushBundle()
-			svid.Renew()
-		},
-	}, logger)
-	if err != nil {
-		closeAll()
-		return err
-	}
+	trust.ids, trust.xds = idsrv, xsrv
+	trust.push()
 	adminID, err := ca.WorkloadID(td, SystemNamespace, AdminServiceAccount)
 	if err != nil {
 		closeAll()
@@ -326,6 +353,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	g.Go(func() error { return holdSync(gctx, syncLis) })
 	g.Go(func() error { return reg.Run(loopCtx) })
 	g.Go(func() error { return svid.Run(gctx) })
+	g.Go(func() error { return idsrv.Run(gctx) })
 	g.Go(func() error {
 		servers.Wait()
 		stopLoops()
@@ -358,6 +386,38 @@ func certSANs(extra []string, bound ...net.Addr) []string {
 		}
 	}
 	return sans
+}
+
+// trustPusher hands the xDS server the CA's bundle and a CRL of the
+// revoked certificates, signed afresh, in one push (at start, after a
+// rotation, after a revocation, and on the identity server's sweeps).
+type trustPusher struct {
+	ca     *ca.CA
+	logger *slog.Logger
+	// ids and xds are set once, before anything calls push.
+	ids *identity.Server
+	xds *xds.Server
+
+	// mu serializes pushes: each reads the revocations when it starts, so
+	// without it an older CRL could be pushed after a newer one.
+	mu sync.Mutex
+}
+
+func (p *trustPusher) push() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var crlPEM []byte
+	if revs := p.ids.Revocations(); len(revs) > 0 {
+		der, err := p.ca.CRL(revs)
+		if err != nil {
+			// The control plane's own listeners and renewals still refuse
+			// the revoked certificates; proxies do not learn of them.
+			p.logger.Error("crl not signed: proxies are not told of revoked certificates", "revoked", len(revs), "err", err)
+		} else {
+			crlPEM = pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+		}
+	}
+	p.xds.SetTrustBundle(p.ca.Bundle().TrustDomain().Name(), rootsDER(p.ca), crlPEM)
 }
 
 // rootsDER is the CA's current bundle as DER certificates.
@@ -509,7 +569,7 @@ func apiHandler(cfg Config, st store.Store, reg *registry.Registry, xsrv *xds.Se
 	mux.Handle("/api/v1/proxies", xsrv.Handler())
 	mux.Handle(registry.HealthPath, reg.HealthHandler())
 	ids := idsrv.Handler()
-	for _, p := range []string{identity.TokensPath, identity.TokensPath + "/", identity.CertificatesPath, identity.BundlePath, identity.RotatePath} {
+	for _, p := range []string{identity.TokensPath, identity.TokensPath + "/", identity.CertificatesPath, identity.CertificatesPath + "/", identity.BundlePath, identity.RotatePath} {
 		mux.Handle(p, ids)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -7,7 +7,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -31,9 +33,15 @@ const (
 	// protocol (not an HTTP request line on the API port, not the HTTP/2
 	// preface on the xDS port).
 	refusedGarbage = "garbage"
+	// refusedRevoked is a TLS client whose certificate the CA revoked.
+	refusedRevoked = "revoked"
 )
 
-var refusedReasons = []string{refusedPlaintextNotLoopback, refusedTLSHandshake, refusedTimeout, refusedGarbage}
+var refusedReasons = []string{refusedPlaintextNotLoopback, refusedTLSHandshake, refusedTimeout, refusedGarbage, refusedRevoked}
+
+// errRevokedClientCert fails the handshake of a client presenting a
+// revoked certificate.
+var errRevokedClientCert = errors.New("client certificate is revoked")
 
 // defaultHandshakeTimeout bounds how long a new connection may take to send
 // its first bytes and, for TLS, finish the handshake.
@@ -301,6 +309,8 @@ func (l *dualListener) failed(remote net.Addr, reason string, err error) {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		l.refuse(remote, refusedTimeout, "no data or handshake within the timeout", "timeout", l.cfg.timeout)
+	case errors.Is(err, errRevokedClientCert):
+		l.refuse(remote, refusedRevoked, "tls handshake failed", "err", err)
 	case reason != "":
 		l.refuse(remote, reason, "tls handshake failed", "err", err)
 	default:
@@ -337,9 +347,10 @@ func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 // serverTLS is a port's TLS configuration: the control plane's SVID, TLS 1.3
 // only, and client certificates requested but optional. A certificate that
 // is sent must be an SVID of the trust domain that verifies against the
-// current bundle (go-spiffe), else the handshake fails; who may do what is
+// current bundle (go-spiffe) and must not be revoked (revoked, when not nil,
+// reports it by serial), else the handshake fails; who may do what is
 // decided per request (apiserver.Guard, xds.Authenticator).
-func serverTLS(svid x509svid.Source, bundle x509bundle.Source, td spiffeid.TrustDomain, alpn []string) *tls.Config {
+func serverTLS(svid x509svid.Source, bundle x509bundle.Source, td spiffeid.TrustDomain, alpn []string, revoked func(*big.Int) bool) *tls.Config {
 	c := tlsconfig.TLSServerConfig(svid)
 	c.MinVersion = tls.VersionTLS13
 	c.NextProtos = alpn
@@ -349,7 +360,22 @@ func serverTLS(svid x509svid.Source, bundle x509bundle.Source, td spiffeid.Trust
 		if len(raw) == 0 {
 			return nil // callers without a certificate authenticate with a bearer token or not at all
 		}
-		return verify(raw, chains)
+		if err := verify(raw, chains); err != nil {
+			return err
+		}
+		if revoked == nil {
+			return nil
+		}
+		// crypto/tls leaves chains empty with RequestClientCert (go-spiffe
+		// verified raw above), so the leaf is parsed here.
+		leaf, err := x509.ParseCertificate(raw[0])
+		if err != nil {
+			return err
+		}
+		if revoked(leaf.SerialNumber) {
+			return fmt.Errorf("%w: serial %s", errRevokedClientCert, leaf.SerialNumber.Text(16))
+		}
+		return nil
 	}
 	return c
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/url"
 	"sync/atomic"
@@ -35,10 +36,13 @@ const (
 // half its lifetime and whenever Renew is called (after a CA rotation, so
 // that it chains to the new root).
 type selfSVID struct {
-	ca     *ca.CA
-	id     spiffeid.ID
-	dns    []string
-	ips    []net.IP
+	ca  *ca.CA
+	id  spiffeid.ID
+	dns []string
+	ips []net.IP
+	// record writes each certificate to the issuance log before it is
+	// used, so that it can be listed and revoked like any other.
+	record func(context.Context, *x509.Certificate) error
 	logger *slog.Logger
 
 	cur atomic.Pointer[x509svid.SVID]
@@ -49,13 +53,15 @@ type selfSVID struct {
 }
 
 // newSelfSVID issues the first SVID; sans are the DNS names and IP
-// addresses clients may dial the control plane at.
-func newSelfSVID(authority *ca.CA, sans []string, logger *slog.Logger) (*selfSVID, error) {
+// addresses clients may dial the control plane at, and become the
+// certificate's DNS and IP SANs. record, when not nil, writes every
+// certificate to the issuance log first.
+func newSelfSVID(ctx context.Context, authority *ca.CA, sans []string, record func(context.Context, *x509.Certificate) error, logger *slog.Logger) (*selfSVID, error) {
 	id, err := ca.WorkloadID(authority.Bundle().TrustDomain(), SystemNamespace, ControlPlaneServiceAccount)
 	if err != nil {
 		return nil, fmt.Errorf("control plane svid: %w", err)
 	}
-	s := &selfSVID{ca: authority, id: id, logger: logger.With("component", "cp-svid"), renew: make(chan struct{}, 1)}
+	s := &selfSVID{ca: authority, id: id, record: record, logger: logger.With("component", "cp-svid"), renew: make(chan struct{}, 1)}
 	for _, san := range sans {
 		if ip := net.ParseIP(san); ip != nil {
 			s.ips = append(s.ips, ip)
@@ -63,7 +69,7 @@ func newSelfSVID(authority *ca.CA, sans []string, logger *slog.Logger) (*selfSVI
 			s.dns = append(s.dns, san)
 		}
 	}
-	if err := s.issue(); err != nil {
+	if err := s.issue(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -86,23 +92,31 @@ func (s *selfSVID) Renew() {
 	}
 }
 
-func (s *selfSVID) issue() error {
+// serial returns the serial number of the current certificate.
+func (s *selfSVID) serial() *big.Int { return s.cur.Load().Certificates[0].SerialNumber }
+
+func (s *selfSVID) issue(ctx context.Context) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("control plane svid: generate key: %w", err)
 	}
-	// TODO(#4): ca.SignCSR puts only the SPIFFE ID in the certificate; the
-	// DNS and IP SANs asked for here need a CA method that copies them for
-	// the control plane's identity. SPIFFE-aware clients (the proxy, the
-	// CLI with --ca-file) verify the ID and do not need them.
-	tmpl := &x509.CertificateRequest{URIs: []*url.URL{s.id.URL()}, DNSNames: s.dns, IPAddresses: s.ips}
+	tmpl := &x509.CertificateRequest{URIs: []*url.URL{s.id.URL()}}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
 		return fmt.Errorf("control plane svid: create csr: %w", err)
 	}
-	chain, err := s.ca.SignCSR(csr, s.id)
+	// The host names and addresses come from the control plane's own
+	// configuration, never from a CSR: SignCSRWith adds them for this
+	// identity only, so clients that check host names (curl --cacert,
+	// browsers) accept the certificate as well as SPIFFE-aware ones.
+	chain, err := s.ca.SignCSRWith(csr, s.id, ca.SignOptions{DNSNames: s.dns, IPAddresses: s.ips})
 	if err != nil {
 		return fmt.Errorf("control plane svid: %w", err)
+	}
+	if s.record != nil {
+		if err := s.record(ctx, chain[0]); err != nil {
+			return fmt.Errorf("control plane svid: %w", err)
+		}
 	}
 	issued := time.Now()
 	s.cur.Store(&x509svid.SVID{ID: s.id, Certificates: chain, PrivateKey: key})
@@ -129,7 +143,10 @@ func (s *selfSVID) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		t.Stop()
-		if err := s.issue(); err != nil {
+		if err := s.issue(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			s.logger.Error("control plane certificate not renewed", "err", err, "retry_in", retry,
 				"expires_at", s.cur.Load().Certificates[0].NotAfter)
 			next = time.Now().Add(retry)

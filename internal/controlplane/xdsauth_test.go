@@ -61,7 +61,7 @@ func TestXDSAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cpSVID, err := newSelfSVID(authority, nil, logger)
+	cpSVID, err := newSelfSVID(ctx, authority, nil, nil, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestXDSAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis := newDualListener(raw, portConfig{name: "xds", tls: serverTLS(cpSVID, bundle, td, []string{"h2"}),
+	lis := newDualListener(raw, portConfig{name: "xds", tls: serverTLS(cpSVID, bundle, td, []string{"h2"}, nil),
 		plaintextOK: xdsPlaintextOK, plaintextPeek: len(http2Preface), refused: refused, logger: logger})
 	opts, err := xdsServerOptions(st, td, bundle, false, metrics, logger)
 	if err != nil {

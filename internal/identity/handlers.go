@@ -113,7 +113,9 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
 }
 
 // revokeToken serves DELETE /api/v1/tokens/{id}: the token stays listed,
-// marked revoked, until it expires.
+// marked revoked, until it expires, and every unexpired certificate that
+// descends from it is revoked. Repeating the request is harmless, and
+// finishes a cascade a store failure interrupted.
 func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := s.tokens.Revoke(r.Context(), id); err != nil {
@@ -124,8 +126,18 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "revoke join token", err)
 		return
 	}
-	s.logger.Info("join token revoked", "token_id", id)
-	w.WriteHeader(http.StatusNoContent)
+	n, err := s.revokeLineage(r.Context(), id)
+	if n > 0 {
+		s.notifyRevoke()
+	}
+	if err != nil {
+		s.logger.Error("join token revoked, but not every certificate descending from it", "token_id", id, "revoked_certificates", n, "err", err)
+		writeError(w, &requestError{code: http.StatusInternalServerError, reason: metav1.StatusReasonInternalError,
+			msg: fmt.Sprintf("join token %s is revoked but %d of its certificates only could be revoked; repeat the request", id, n)})
+		return
+	}
+	s.logger.Info("join token revoked", "token_id", id, "revoked_certificates", n)
+	writeJSON(w, http.StatusOK, TokenRevoked{ID: id, RevokedCertificates: n})
 }
 
 // issueCertificate serves POST /api/v1/certificates. The CSR is checked
@@ -162,9 +174,12 @@ func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, tokID, err)
 		return
 	}
-	chain, err := s.ca.SignCSR(req.CSR, id)
+	chain, err := s.ca.SignCSRWith(req.CSR, id, ca.SignOptions{Lineage: tok.ID})
 	if err != nil {
 		s.refuse(w, r, tokID, err)
+		return
+	}
+	if !s.record(w, r, chain[0], nil, tokID) {
 		return
 	}
 	s.issued.Inc()
@@ -177,29 +192,40 @@ func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request) {
 // renewCertificate serves POST /api/v1/certificates without a bearer token
 // over TLS: the client's certificate, verified against the current bundle
 // (again: the listener's check is not this handler's to rely on), names the
-// identity, and the CSR gets exactly that one. An expired or foreign
-// certificate is refused; revocation is not checked (certificates are
-// short-lived instead).
+// identity, and the CSR gets exactly that one, with the same lineage. An
+// expired or foreign certificate is refused, and so is a revoked one or one
+// descending from a revoked join token (the listener refuses revoked
+// certificates already; this check does not rely on it, and also sees a
+// revocation another replica wrote to the store).
 func (s *Server) renewCertificate(w http.ResponseWriter, r *http.Request) {
 	id, _, err := x509svid.Verify(r.TLS.PeerCertificates, s.ca.Bundle())
 	if err != nil {
 		s.refuse(w, r, "", &refusal{reason: ReasonInvalidCertificate, err: fmt.Errorf("renew certificate: %w: %w", errBadClientCert, err)})
 		return
 	}
-	var req CertificateRequest
-	if err := decode(w, r, &req); err != nil {
-		s.refuse(w, r, "", err)
+	presented := r.TLS.PeerCertificates[0]
+	lineage := ca.Lineage(presented)
+	if err := s.checkRenewable(r.Context(), presented); err != nil {
+		s.refuse(w, r, lineage, err)
 		return
 	}
-	chain, err := s.ca.SignCSR(req.CSR, id)
+	var req CertificateRequest
+	if err := decode(w, r, &req); err != nil {
+		s.refuse(w, r, lineage, err)
+		return
+	}
+	chain, err := s.ca.SignCSRWith(req.CSR, id, ca.SignOptions{Lineage: lineage})
 	if err != nil {
-		s.refuse(w, r, "", err)
+		s.refuse(w, r, lineage, err)
+		return
+	}
+	if !s.record(w, r, chain[0], presented, lineage) {
 		return
 	}
 	s.issued.Inc()
 	leaf := chain[0]
-	s.logger.Info("certificate renewed", "spiffe_id", id.String(),
-		"serial", leaf.SerialNumber.Text(16), "expires_at", leaf.NotAfter)
+	s.logger.Info("certificate renewed", "spiffe_id", id.String(), "token_id", lineage,
+		"serial", leaf.SerialNumber.Text(16), "renewed_serial", presented.SerialNumber.Text(16), "expires_at", leaf.NotAfter)
 	s.writeChain(w, id, chain)
 }
 

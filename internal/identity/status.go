@@ -51,6 +51,8 @@ func (e *refusal) Unwrap() error { return e.err }
 // the client's fault (a reason and a status code) or not (ok false, 500).
 func refusalFor(err error) (reason string, code int, ok bool) {
 	switch {
+	case errors.Is(err, errCertRevoked):
+		return ReasonRevokedCertificate, http.StatusForbidden, true
 	case errors.Is(err, errBadClientCert):
 		return ReasonInvalidCertificate, http.StatusUnauthorized, true
 	case errors.Is(err, ca.ErrTokenInvalid):

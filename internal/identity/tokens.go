@@ -100,6 +100,26 @@ func (s *StoreTokens) Update(ctx context.Context, id string, fn func(ca.Token) (
 	return ca.Token{}, fmt.Errorf("update join token %s: %w after %d attempts", id, store.ErrConflict, maxUpdateAttempts)
 }
 
+// Get implements ca.TokenStore.
+func (s *StoreTokens) Get(ctx context.Context, id string) (ca.Token, error) {
+	key, ok := tokenKey(id)
+	if !ok {
+		return ca.Token{}, ca.ErrTokenNotFound
+	}
+	kv, err := s.st.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return ca.Token{}, ca.ErrTokenNotFound
+	}
+	if err != nil {
+		return ca.Token{}, fmt.Errorf("read join token %s: %w", id, err)
+	}
+	var tok ca.Token
+	if err := json.Unmarshal(kv.Value, &tok); err != nil {
+		return ca.Token{}, fmt.Errorf("decode join token %s: %w", id, err)
+	}
+	return tok, nil
+}
+
 // List implements ca.TokenStore.
 func (s *StoreTokens) List(ctx context.Context) ([]ca.Token, error) {
 	kvs, _, err := s.st.List(ctx, TokenPrefix)

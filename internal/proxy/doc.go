@@ -46,6 +46,11 @@
 // background, unchanged ones keep their connections and just see the new
 // state; a listener that cannot bind is retried with backoff.
 //
+// Revocation (revoke.go): the trust bundle secret of each snapshot lists
+// revoked certificate serials; handshakes both ways refuse such peers, and
+// connections already open with one are closed gracefully, as are the
+// plaintext connections of a listener that turned STRICT.
+//
 // Shutdown (Run's context ends): Ready turns false, the listeners keep
 // accepting for Config.DrainDelay while the control plane tells peers,
 // then they stop accepting and drain for up to Config.DrainTimeout.

@@ -57,17 +57,40 @@ type httpListener struct {
 	// accepted is closed when serve returns, so drain knows no connection
 	// joins conns any more.
 	accepted chan struct{}
-	conns    sync.WaitGroup        // connections owned by the accept loop
-	connsMu  sync.Mutex            // guards live, h1Conns and bridgeConns
-	live     map[net.Conn]struct{} // nil once drain has given up waiting
+	conns    sync.WaitGroup // connections owned by the accept loop
+	// connsMu guards live, h1Conns, bridgeConns and netConns.
+	connsMu sync.Mutex
+	live    map[net.Conn]struct{} // nil once drain has given up waiting
 	// h1Conns holds the cancels of the connections the h1 engine serves.
 	// They are cancelled (so they finish their exchange and close) when the
 	// listener's route table stops being HTTP/1.1-only, so that their
-	// clients reconnect and get net/http.
-	h1Conns map[net.Conn]context.CancelFunc
+	// clients reconnect and get net/http, or when their peer may no
+	// longer be served (enforce).
+	h1Conns map[net.Conn]servedConn
 	// bridgeConns does the same for the connections the HTTP/2 bridge
 	// serves, cancelled when the table stops being one it can serve.
-	bridgeConns map[net.Conn]context.CancelFunc
+	bridgeConns map[net.Conn]servedConn
+	// netConns are the connections handed to net/http, by the conn it
+	// serves, so that enforce can close them once idle (trackNet).
+	netConns map[net.Conn]*netConn
+}
+
+// servedConn is a connection the h1 engine or the bridge serves: cancel
+// drains it.
+type servedConn struct {
+	cancel context.CancelFunc
+	peer   downstreamPeer
+}
+
+// netConn is a connection net/http serves. net/http cannot close one
+// connection gracefully, so a connection to close is closed at its next
+// idle state (no request in flight; no stream, for HTTP/2).
+type netConn struct {
+	peer downstreamPeer
+	// raw is the socket: closing it never blocks, unlike a TLS close.
+	raw     net.Conn
+	idle    bool
+	closing bool
 }
 
 // netHTTP is the net/http side of an httpListener.
@@ -91,8 +114,8 @@ const (
 
 func (p *Proxy) newHTTPListener(ln net.Listener, cl *config.Listener) *httpListener {
 	l := &httpListener{p: p, ln: ln, port: addrPort(ln.Addr()), accepted: make(chan struct{}),
-		live: map[net.Conn]struct{}{}, h1Conns: map[net.Conn]context.CancelFunc{},
-		bridgeConns: map[net.Conn]context.CancelFunc{}}
+		live: map[net.Conn]struct{}{}, h1Conns: map[net.Conn]servedConn{},
+		bridgeConns: map[net.Conn]servedConn{}, netConns: map[net.Conn]*netConn{}}
 	l.cfg.Store(cl)
 	l.tls.update(p, cl)
 	return l
@@ -122,6 +145,7 @@ func (l *httpListener) netHTTP() *netHTTP {
 			Handler:           listenerHandler{p: l.p, l: l},
 			Protocols:         protos,
 			ConnContext:       connContext,
+			ConnState:         l.netConnState,
 			ReadHeaderTimeout: listenerReadHeaderTimeout,
 			IdleTimeout:       listenerIdleTimeout,
 			ErrorLog:          errLog,
@@ -158,8 +182,8 @@ func (l *httpListener) setConfig(cl *config.Listener) {
 	l.tls.update(l.p, cl)
 	if !l.h1Eligible() {
 		l.connsMu.Lock()
-		for c, cancel := range l.h1Conns {
-			cancel()
+		for c, sc := range l.h1Conns {
+			sc.cancel()
 			delete(l.h1Conns, c)
 		}
 		l.connsMu.Unlock()
@@ -168,8 +192,8 @@ func (l *httpListener) setConfig(cl *config.Listener) {
 		// Cancelling a bridge connection drains it with GOAWAY; the peer's
 		// next connection gets net/http.
 		l.connsMu.Lock()
-		for c, cancel := range l.bridgeConns {
-			cancel()
+		for c, sc := range l.bridgeConns {
+			sc.cancel()
 			delete(l.bridgeConns, c)
 		}
 		l.connsMu.Unlock()
@@ -273,18 +297,20 @@ func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 			l.untrack(raw)
 		}
 	}()
+	var peer downstreamPeer
 	if cl := l.cfg.Load(); tlsMode(cl) != config.TLSDisabled {
-		sc, isTLS, principal := l.p.acceptTLS(ctx, c, cl, &l.tls)
+		var sc net.Conn
+		sc, peer = l.p.acceptTLS(ctx, c, cl, &l.tls)
 		switch {
 		case sc == nil:
 			return
-		case isTLS && l.bridgeIn() && sc.(*tls.Conn).ConnectionState().NegotiatedProtocol == "h2":
-			l.dispatchBridge(ctx, raw, sc, principal)
+		case peer.tls && l.bridgeIn() && sc.(*tls.Conn).ConnectionState().NegotiatedProtocol == "h2":
+			l.dispatchBridge(ctx, raw, sc, peer)
 			return
-		case isTLS:
+		case peer.tls:
 			tracked = false
 			l.untrack(raw)
-			l.toNetHTTP(sc)
+			l.toNetHTTP(sc, raw, peer)
 			return
 		}
 		// Permissive plaintext: today's path, with the sniffed byte.
@@ -293,7 +319,7 @@ func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 	if !l.h1Eligible() {
 		tracked = false
 		l.untrack(raw)
-		l.toNetHTTP(c)
+		l.toNetHTTP(c, raw, peer)
 		return
 	}
 	br := bufio.NewReaderSize(c, 4<<10)
@@ -312,7 +338,7 @@ func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	l.connsMu.Lock()
-	l.h1Conns[raw] = cancel
+	l.h1Conns[raw] = servedConn{cancel: cancel, peer: peer}
 	l.connsMu.Unlock()
 	defer func() {
 		l.connsMu.Lock()
@@ -322,8 +348,13 @@ func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 	if string(head) == h2Preface || !l.h1Eligible() {
 		tracked = false
 		l.untrack(raw)
-		l.toNetHTTP(&bufferedConn{Conn: c, r: br})
+		l.toNetHTTP(&bufferedConn{Conn: c, r: br}, raw, peer)
 		return
+	}
+	if l.p.mustClose(l.cfg.Load(), peer) {
+		// The listener's mode changed since the sniff and its enforce
+		// may have missed the registration above.
+		cancel()
 	}
 	var upgraded net.Conn
 	opts := h1.Options{
@@ -336,7 +367,7 @@ func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 	if upgraded != nil {
 		tracked = false
 		l.untrack(raw)
-		l.toNetHTTP(upgraded)
+		l.toNetHTTP(upgraded, raw, peer)
 		return
 	}
 	if err != nil && l.p.log.Enabled(ctx, slog.LevelDebug) {
@@ -347,29 +378,119 @@ func (l *httpListener) dispatch(ctx context.Context, c net.Conn) {
 // dispatchBridge serves a TLS connection with the HTTP/2 bridge. It stays
 // tracked (drain closes it past the deadline) and is registered in
 // bridgeConns, so that a table the bridge cannot serve drains it.
-func (l *httpListener) dispatchBridge(ctx context.Context, raw, tc net.Conn, principal string) {
+func (l *httpListener) dispatchBridge(ctx context.Context, raw, tc net.Conn, peer downstreamPeer) {
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	l.connsMu.Lock()
-	l.bridgeConns[raw] = cancel
+	l.bridgeConns[raw] = servedConn{cancel: cancel, peer: peer}
 	l.connsMu.Unlock()
 	defer func() {
 		l.connsMu.Lock()
 		delete(l.bridgeConns, raw)
 		l.connsMu.Unlock()
 	}()
-	if !l.bridgeIn() {
-		// The table changed since the check; the registration above makes
-		// any later change cancel hctx.
+	if !l.bridgeIn() || l.p.mustClose(l.cfg.Load(), peer) {
+		// The table or the revoked set changed since the check; the
+		// registration above makes any later change cancel hctx.
 		cancel()
 	}
-	l.serveBridge(hctx, tc, remoteIP(raw), principal)
+	l.serveBridge(hctx, tc, remoteIP(raw), peer.principal)
 }
 
-// toNetHTTP gives c to net/http, or closes it when the listener is
-// draining.
-func (l *httpListener) toNetHTTP(c net.Conn) {
-	if nh := l.netHTTP(); nh == nil || !nh.handoff.push(c) {
+// toNetHTTP gives c, accepted as raw from peer, to net/http, or closes it
+// when the listener is draining.
+func (l *httpListener) toNetHTTP(c, raw net.Conn, peer downstreamPeer) {
+	nh := l.netHTTP()
+	if nh == nil {
+		_ = c.Close()
+		return
+	}
+	l.connsMu.Lock()
+	// Registered before the hand-off so that net/http's first state
+	// change finds it; closing is decided now for the same reason as in
+	// dispatchBridge.
+	l.netConns[c] = &netConn{peer: peer, raw: raw, closing: l.p.mustClose(l.cfg.Load(), peer)}
+	l.connsMu.Unlock()
+	if !nh.handoff.push(c) {
+		l.connsMu.Lock()
+		delete(l.netConns, c)
+		l.connsMu.Unlock()
+		_ = c.Close()
+	}
+}
+
+// netConnState is net/http's ConnState hook: it keeps netConns and closes
+// a connection marked closing once it is idle. A hijacked connection (an
+// h2c upgrade) leaves netConns: it is plaintext, and enforce closes every
+// upgraded connection.
+func (l *httpListener) netConnState(c net.Conn, state http.ConnState) {
+	l.connsMu.Lock()
+	nc := l.netConns[c]
+	if nc == nil {
+		l.connsMu.Unlock()
+		return
+	}
+	switch state {
+	case http.StateClosed, http.StateHijacked:
+		delete(l.netConns, c)
+		nc = nil
+	case http.StateNew, http.StateIdle:
+		nc.idle = true
+	default:
+		nc.idle = false
+	}
+	closeNow := nc != nil && nc.idle && nc.closing
+	l.connsMu.Unlock()
+	if closeNow {
+		_ = nc.raw.Close()
+	}
+}
+
+// enforce closes, gracefully, the connections that l's current config or
+// the revoked set no longer allow (revoke.go). It runs on Run's goroutine
+// after setConfig.
+func (l *httpListener) enforce() {
+	cl := l.cfg.Load()
+	if !l.p.enforcing(cl) {
+		return
+	}
+	var closeNow []net.Conn
+	strictUpgraded := false
+	l.connsMu.Lock()
+	for c, sc := range l.h1Conns {
+		if l.p.mustClose(cl, sc.peer) {
+			sc.cancel()
+			delete(l.h1Conns, c)
+		}
+	}
+	for c, sc := range l.bridgeConns {
+		if l.p.mustClose(cl, sc.peer) {
+			sc.cancel()
+			delete(l.bridgeConns, c)
+		}
+	}
+	for _, nc := range l.netConns {
+		if !nc.closing && l.p.mustClose(cl, nc.peer) {
+			nc.closing = true
+			if nc.idle {
+				closeNow = append(closeNow, nc.raw)
+			}
+		}
+	}
+	l.connsMu.Unlock()
+	if tlsMode(cl) == config.TLSStrict {
+		l.netMu.Lock()
+		strictUpgraded = l.nh != nil && len(l.upgraded) > 0
+		nh := l.nh
+		l.netMu.Unlock()
+		if strictUpgraded {
+			// Upgraded (h2c) connections are all plaintext. h2shadow's
+			// shutdown hook sends them GOAWAY; they close after their
+			// streams. It returns at once: h2shadow serves nothing.
+			_ = nh.h2shadow.Shutdown(context.Background())
+		}
+	}
+	for _, c := range closeNow {
 		_ = c.Close()
 	}
 }

@@ -76,11 +76,11 @@ func newMetrics() *metrics {
 		}, []string{"listener", "alpn"}),
 		tlsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "verge_proxy_downstream_tls_refused_total",
-			Help: "Connections refused by TLS listeners, by reason (plaintext, no_identity, no_client_certificate, bad_certificate, timeout, handshake, denied).",
+			Help: "Connections refused by TLS listeners, by reason (plaintext, no_identity, no_client_certificate, bad_certificate, revoked, timeout, handshake, denied).",
 		}, []string{"listener", "reason"}),
 		upstreamTLSFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "verge_proxy_upstream_tls_failures_total",
-			Help: "Mutual TLS connections to cluster endpoints that failed, by reason (no_identity, config, bad_certificate, timeout, handshake, alpn).",
+			Help: "Mutual TLS connections to cluster endpoints that failed, by reason (no_identity, config, bad_certificate, revoked, timeout, handshake, alpn).",
 		}, []string{"cluster", "reason"}),
 		bridgeConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "verge_proxy_h2_bridge_connections_total",

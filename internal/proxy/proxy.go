@@ -130,6 +130,10 @@ type Proxy struct {
 	// warned holds the listener and cluster names whose missing identity
 	// was logged (warnOnce).
 	warned sync.Map
+
+	// revoked is the set of revoked certificate serials of the latest
+	// snapshot's trust bundle (revoke.go); nil before any.
+	revoked atomic.Pointer[revokedSet]
 }
 
 // state is one published snapshot with its compiled form.
@@ -223,8 +227,15 @@ func New(cfg Config, logger *slog.Logger) *Proxy {
 // cluster state take effect for new requests when Update returns; requests
 // already routed finish on the state they started with. Listeners are opened
 // and closed by Run, asynchronously.
+//
+// The revoked certificates of s's trust bundle (config.Secret.Revoked)
+// apply to every handshake from the return of Update; connections already
+// open with a revoked peer are closed gracefully, the outbound ones by
+// Update, the inbound ones by Run with the listeners' new configs (which
+// also close the plaintext connections of a listener that became STRICT).
 func (p *Proxy) Update(s *config.Snapshot) {
 	p.updateMu.Lock()
+	p.setRevoked(revokedFrom(s))
 	st := p.compileLocked(s)
 	p.state.Store(st)
 	p.updateMu.Unlock()
@@ -293,6 +304,15 @@ func (p *Proxy) compileLocked(s *config.Snapshot) *state {
 			// settings must not serve new requests.
 			pl.tls.closeIdle()
 			pl.tls = p.newTLSUpstream(name, cc.TLS, ct)
+		default:
+			if bad := pl.tls.revokedConns(p); len(bad) > 0 {
+				// Neither the transports nor the bridge client can take
+				// one connection out of service; a new upstream takes the
+				// new requests, and the old one drains.
+				p.log.Info("cluster connections to revoked peers closing", "cluster", name, "connections", len(bad))
+				pl.tls.retireRevoked(bad, p.cfg.DrainTimeout)
+				pl.tls = p.newTLSUpstream(name, cc.TLS, ct)
+			}
 		}
 		next[name] = pl
 		st.clusters[name] = &cluster{cfg: cc, pool: pl, tlsAddrs: tlsEndpoints(cc)}
@@ -367,11 +387,17 @@ type countedConn struct {
 	net.Conn
 	gauge  interface{ Dec() }
 	closed atomic.Bool
+	// onClose, when set before the connection is shared, runs once at
+	// the first Close.
+	onClose func()
 }
 
 func (c *countedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		c.gauge.Dec()
+		if c.onClose != nil {
+			c.onClose()
+		}
 	}
 	return c.Conn.Close()
 }
@@ -499,6 +525,10 @@ type running struct {
 type runningListener interface {
 	// setConfig replaces the listener's config (same key).
 	setConfig(l *config.Listener)
+	// enforce closes, gracefully where the protocol allows, the accepted
+	// connections the current config and revoked set no longer allow:
+	// plaintext ones once STRICT, those of revoked peers (revoke.go).
+	enforce()
 	addr() net.Addr
 	// serve accepts until the socket is closed. ctx ends when the
 	// listener starts draining; connections derive their contexts from it.
@@ -533,6 +563,7 @@ func (p *Proxy) reconcile(ctx context.Context, wg *sync.WaitGroup, open map[list
 	for k, cl := range want {
 		if r, ok := open[k]; ok {
 			r.l.setConfig(cl)
+			r.l.enforce()
 			continue
 		}
 		l, err := p.listen(ctx, cl)

@@ -29,12 +29,20 @@ type tcpListener struct {
 	// conns holds the downstream connections, with the cancel of their
 	// context (which bounds the dial), and the upstream ones (nil cancel);
 	// all are cut at the drain deadline, after which conns is nil.
-	conns map[net.Conn]context.CancelFunc
+	conns map[net.Conn]tcpConn
 	wg    sync.WaitGroup
 }
 
+// tcpConn is a tracked connection of a TCP listener.
+type tcpConn struct {
+	cancel context.CancelFunc
+	// peer is set once a downstream connection's peer is known; enforce
+	// closes the connection when it may no longer be served.
+	peer *downstreamPeer
+}
+
 func (p *Proxy) newTCPListener(ln net.Listener, cl *config.Listener) *tcpListener {
-	l := &tcpListener{p: p, ln: ln, port: addrPort(ln.Addr()), accepted: make(chan struct{}), conns: map[net.Conn]context.CancelFunc{}}
+	l := &tcpListener{p: p, ln: ln, port: addrPort(ln.Addr()), accepted: make(chan struct{}), conns: map[net.Conn]tcpConn{}}
 	l.cfg.Store(cl)
 	l.tls.update(p, cl)
 	return l
@@ -74,8 +82,47 @@ func (l *tcpListener) track(c net.Conn, cancel context.CancelFunc) bool {
 	if l.conns == nil {
 		return false
 	}
-	l.conns[c] = cancel
+	l.conns[c] = tcpConn{cancel: cancel}
 	return true
+}
+
+// identify records the peer of the downstream connection c. It reports
+// false when the connection may not be served any more: the listener's
+// mode or the revoked set changed since the handshake, and enforce may
+// have run before the peer was known.
+func (l *tcpListener) identify(c net.Conn, peer downstreamPeer) bool {
+	l.mu.Lock()
+	if tc, ok := l.conns[c]; ok {
+		tc.peer = &peer
+		l.conns[c] = tc
+	}
+	l.mu.Unlock()
+	return !l.p.mustClose(l.cfg.Load(), peer)
+}
+
+// enforce closes the connections whose peer l's current config or the
+// revoked set no longer allow (revoke.go); a byte stream has no graceful
+// end the proxy could choose, so they are cut. It runs on Run's
+// goroutine after setConfig.
+func (l *tcpListener) enforce() {
+	cl := l.cfg.Load()
+	if !l.p.enforcing(cl) {
+		return
+	}
+	var cut []net.Conn
+	l.mu.Lock()
+	for c, tc := range l.conns {
+		if tc.peer != nil && l.p.mustClose(cl, *tc.peer) {
+			tc.cancel()
+			cut = append(cut, c)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range cut {
+		// The socket: its handler sees the failure, closes the upstream
+		// side and untracks both.
+		_ = c.Close()
+	}
 }
 
 func (l *tcpListener) untrack(c net.Conn) {
@@ -94,9 +141,9 @@ func (l *tcpListener) drain(timeout time.Duration) {
 	case <-done:
 	case <-t.C:
 		l.mu.Lock()
-		for c, cancel := range l.conns {
-			if cancel != nil {
-				cancel()
+		for c, tc := range l.conns {
+			if tc.cancel != nil {
+				tc.cancel()
 			}
 			_ = c.Close()
 		}
@@ -117,14 +164,17 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 	raw := down
 	principal := ""
 	if tlsMode(lcfg) != config.TLSDisabled {
-		sc, _, id := l.p.acceptTLS(ctx, down, lcfg, &l.tls)
+		sc, peer := l.p.acceptTLS(ctx, down, lcfg, &l.tls)
 		if sc == nil {
 			return
 		}
-		down, principal = sc, id
+		down, principal = sc, peer.principal
 		// Closes the TLS connection too (close_notify), then raw again,
 		// which is harmless.
 		defer down.Close()
+		if !l.identify(raw, peer) {
+			return
+		}
 	}
 	if lcfg.Authz != nil && !l.p.authorizeConn(lcfg, principal, remoteIP(raw), l.port) {
 		l.p.log.Debug("tcp connection denied", "listener", stat, "principal", principal)

@@ -51,7 +51,8 @@ const tlsHandshakeTimeout = 10 * time.Second
 const tlsConnsPerEndpoint = 4
 
 // Reasons a downstream TLS connection is refused (the reason label of
-// verge_proxy_downstream_tls_refused_total).
+// verge_proxy_downstream_tls_refused_total; refusedRevoked is in
+// revoke.go).
 const (
 	refusedPlaintext    = "plaintext"
 	refusedNoIdentity   = "no_identity"
@@ -140,7 +141,7 @@ func (p *Proxy) serverTLSConfig(alpn []string) *tls.Config {
 	if !p.haveIdentity() {
 		return nil
 	}
-	c := tlsconfig.MTLSServerConfig(p.cfg.SVID, p.cfg.Bundle, p.authorizeOwnTrustDomain)
+	c := tlsconfig.MTLSServerConfig(p.cfg.SVID, p.cfg.Bundle, p.notRevoked(p.authorizeOwnTrustDomain))
 	// RequestClientCert rather than RequireAnyClientCert only so that the
 	// verify callback sees a missing certificate and names it; tagTLS
 	// refuses an empty chain.
@@ -169,7 +170,7 @@ func (p *Proxy) clientTLSConfig(ut *config.UpstreamTLS) (*tls.Config, error) {
 		}
 		authorize = tlsconfig.AuthorizeOneOf(ids...)
 	}
-	c := tlsconfig.MTLSClientConfig(p.cfg.SVID, p.cfg.Bundle, authorize)
+	c := tlsconfig.MTLSClientConfig(p.cfg.SVID, p.cfg.Bundle, p.notRevoked(authorize))
 	tagTLS(c, false)
 	forceTLS13(c)
 	c.NextProtos = slices.Clone(ut.ALPN)
@@ -185,6 +186,8 @@ func refusalReason(err error) string {
 		return refusedNoIdentity
 	case errors.Is(err, errNoClientCert):
 		return refusedNoClientCert
+	case errors.Is(err, errRevoked):
+		return refusedRevoked
 	case errors.Is(err, errBadPeer):
 		return refusedBadCert
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
@@ -239,34 +242,33 @@ func peekFirst(ctx context.Context, c net.Conn, br *bufio.Reader) (byte, bool) {
 
 // acceptTLS sniffs a connection accepted by a listener whose mode is not
 // TLSDisabled. It returns the connection to serve (the TLS connection, or
-// the plaintext one in permissive mode, with the sniffed byte replayed),
-// whether it is TLS and the peer's SPIFFE ID. It returns a nil conn, having
-// closed c and counted the refusal, when the connection must not be
-// served.
-func (p *Proxy) acceptTLS(ctx context.Context, c net.Conn, cl *config.Listener, d *downstreamTLS) (net.Conn, bool, string) {
+// the plaintext one in permissive mode, with the sniffed byte replayed)
+// and who the peer is. It returns a nil conn, having closed c and counted
+// the refusal, when the connection must not be served.
+func (p *Proxy) acceptTLS(ctx context.Context, c net.Conn, cl *config.Listener, d *downstreamTLS) (net.Conn, downstreamPeer) {
 	stat := statName(cl)
 	br := bufio.NewReaderSize(c, 4<<10)
 	first, ok := peekFirst(ctx, c, br)
 	if !ok {
 		_ = c.Close()
-		return nil, false, ""
+		return nil, downstreamPeer{}
 	}
 	bc := &bufferedConn{Conn: c, r: br}
 	if first != tlsRecordHandshake {
 		if tlsMode(cl) == config.TLSPermissive {
-			return bc, false, ""
+			return bc, downstreamPeer{}
 		}
 		p.metrics.tlsRefused.WithLabelValues(stat, refusedPlaintext).Inc()
 		p.log.Debug("plaintext connection refused", "listener", cl.Name, "remote", c.RemoteAddr().String())
 		_ = c.Close()
-		return nil, false, ""
+		return nil, downstreamPeer{}
 	}
 	cfg := d.cfg.Load()
 	if cfg == nil {
 		p.warnOnce("listener/"+cl.Name, "tls connections refused: proxy has no identity", "listener", cl.Name)
 		p.metrics.tlsRefused.WithLabelValues(stat, refusedNoIdentity).Inc()
 		_ = c.Close()
-		return nil, false, ""
+		return nil, downstreamPeer{}
 	}
 	tc := tls.Server(bc, cfg)
 	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
@@ -277,11 +279,11 @@ func (p *Proxy) acceptTLS(ctx context.Context, c net.Conn, cl *config.Listener, 
 		p.metrics.tlsRefused.WithLabelValues(stat, reason).Inc()
 		p.log.Debug("tls handshake refused", "listener", cl.Name, "remote", c.RemoteAddr().String(), "reason", reason, "error", err)
 		_ = c.Close()
-		return nil, false, ""
+		return nil, downstreamPeer{}
 	}
 	state := tc.ConnectionState()
 	p.metrics.tlsHandshakes.WithLabelValues(stat, state.NegotiatedProtocol).Inc()
-	return tc, true, peerID(&state)
+	return tc, downstreamPeer{tls: true, principal: peerID(&state), serial: leafSerial(&state)}
 }
 
 // peerID is the SPIFFE ID of a verified peer certificate, "" without one.
@@ -369,6 +371,11 @@ type tlsUpstream struct {
 	bridgeDialed prometheus.Counter
 	bridgeOnce   sync.Once
 	bridge       atomic.Pointer[h2.Client]
+
+	// conns are the open connections and their peer's leaf serial, so that
+	// a revocation finds those to close (revoke.go).
+	connsMu sync.Mutex
+	conns   map[*countedConn]string
 }
 
 // upstreamTLSSettings is the identity of an UpstreamTLS for reuse.
@@ -434,7 +441,12 @@ func (u *tlsUpstream) dial(ctx context.Context, clusterName, addr string) (net.C
 	u.opened.Inc()
 	u.gauge.Inc()
 	c := &countedConn{Conn: raw, gauge: u.gauge}
-	return u.handshake(ctx, clusterName, addr, c)
+	tc, err := u.handshake(ctx, clusterName, addr, c)
+	if err != nil {
+		return nil, err
+	}
+	u.trackUpstream(tc, c)
+	return tc, nil
 }
 
 // unusable counts and returns the error of a dial that cannot be made:

@@ -25,7 +25,8 @@
 //
 // Trust bundle: once SetTrustBundle has been called, every Verge proxy's
 // snapshot carries the SDS secret "ROOTCA" (translate.TrustBundleSecret), so
-// a new root reaches every proxy as a new secret version; the proxyless view
+// a new root or a new CRL (revoked certificates) reaches every proxy as a
+// new secret version; the proxyless view
 // never carries it. Mutual TLS in the translated resources (Mesh.MTLS) is
 // honoured only while a bundle is set, since every TLS context refers to it.
 package xds
@@ -372,16 +373,19 @@ func (s *Server) loop(ctx context.Context) error {
 
 // SetTrustBundle makes rootsDER (DER certificates, every root a peer may
 // chain to) the trust bundle served to every Verge proxy as the SDS secret
-// "ROOTCA", and trustDomain the mesh's trust domain when the Mesh names
-// none. Proxies get the new bundle at once; until the first call no secret is
-// served and Mesh.MTLS is ignored. Safe to call at any time, before or
-// during Run, from any goroutine.
-func (s *Server) SetTrustBundle(trustDomain string, rootsDER [][]byte) {
-	secret := translate.TrustBundleSecret(rootsDER)
+// "ROOTCA", with crlPEM (PEM "X509 CRL" blocks of the revoked certificates;
+// nil when none is revoked) as its CRL, and trustDomain the mesh's trust
+// domain when the Mesh names none. Proxies get the new bundle and CRL at
+// once, in one push; until the first call no secret is served and
+// Mesh.MTLS is ignored. Safe to call at any time, before or during Run,
+// from any goroutine; the caller serializes calls so that an older CRL
+// never replaces a newer one.
+func (s *Server) SetTrustBundle(trustDomain string, rootsDER [][]byte, crlPEM []byte) {
+	secret := translate.TrustBundleSecret(rootsDER, crlPEM)
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
 	s.bundle, s.bundleTD = secret, trustDomain
-	s.logger.Info("trust bundle set", "trust_domain", trustDomain, "roots", len(rootsDER))
+	s.logger.Info("trust bundle set", "trust_domain", trustDomain, "roots", len(rootsDER), "crl_bytes", len(crlPEM))
 	if s.hasMesh {
 		s.rebuildLocked()
 	}

@@ -81,6 +81,17 @@ func secretRoots(t *testing.T, r *discovery.DiscoveryResponse) [][]byte {
 	}
 }
 
+// secretCRL returns the inline CRL of a ROOTCA secret response, nil when
+// it has none.
+func secretCRL(t *testing.T, r *discovery.DiscoveryResponse) []byte {
+	t.Helper()
+	sec := &tlsv3.Secret{}
+	if err := r.GetResources()[0].UnmarshalTo(sec); err != nil {
+		t.Fatal(err)
+	}
+	return sec.GetValidationContext().GetCrl().GetInlineBytes()
+}
+
 func mtlsMesh() translate.Mesh {
 	srv := backend("a-1", "a", "10.0.0.1", 8080)
 	srv.Spec.ServiceAccount = "a"
@@ -121,7 +132,7 @@ func TestTrustBundle(t *testing.T) {
 	}
 
 	root1 := testRoot(t, "example.org")
-	h.srv.SetTrustBundle("example.org", [][]byte{root1})
+	h.srv.SetTrustBundle("example.org", [][]byte{root1}, nil)
 	cds := c1.recvType(resource.ClusterType, names)
 	if !clusterHasTLS(t, cds) {
 		t.Fatal("cluster has no TLS after the trust bundle was set")
@@ -136,13 +147,28 @@ func TestTrustBundle(t *testing.T) {
 
 	// A rotation adds a root: a new secret version is pushed.
 	root2 := testRoot(t, "example.org")
-	h.srv.SetTrustBundle("example.org", [][]byte{root1, root2})
+	h.srv.SetTrustBundle("example.org", [][]byte{root1, root2}, nil)
 	sec2 := c1.recvType(resource.SecretType, names)
 	if sec2.GetVersionInfo() == sec.GetVersionInfo() {
 		t.Error("secret version unchanged after rotation")
 	}
 	if got := secretRoots(t, sec2); len(got) != 2 {
 		t.Errorf("secret roots after rotation = %d, want 2", len(got))
+	}
+	if crl := secretCRL(t, sec2); crl != nil {
+		t.Errorf("secret has a crl before any revocation: %q", crl)
+	}
+	c1.ack(sec2, []string{translate.SecretTrustBundle})
+
+	// A revocation pushes the same roots with a CRL.
+	crlPEM := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: []byte("crl")})
+	h.srv.SetTrustBundle("example.org", [][]byte{root1, root2}, crlPEM)
+	sec3 := c1.recvType(resource.SecretType, names)
+	if got := secretCRL(t, sec3); string(got) != string(crlPEM) {
+		t.Errorf("secret crl = %q, want %q", got, crlPEM)
+	}
+	if got := secretRoots(t, sec3); len(got) != 2 {
+		t.Errorf("secret roots with a crl = %d, want 2", len(got))
 	}
 
 	// The server workload's proxy gets TLS inbound chains and SPIFFE IDs

@@ -205,7 +205,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	}
 	xc := xdsclient.New(xcfg, func(s *config.Snapshot) {
 		// The trust bundle first: listeners and clusters of this
-		// snapshot may already need it.
+		// snapshot may already need it. Its revoked serials travel in
+		// the snapshot itself: Update applies them.
 		feedTrustBundle(id, s, log)
 		p.Update(s)
 		settled.Reset(trimSettle)

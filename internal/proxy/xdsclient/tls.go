@@ -362,9 +362,11 @@ func withoutTLS(eps []config.Endpoint) []config.Endpoint {
 }
 
 // convertSecret accepts the trust bundle: a validation_context whose
-// trusted_ca is inline PEM of one or more certificates. The trust domain is
-// read from the roots' SPIFFE ID URI SAN (Verge's CA puts it there); it is
-// empty when no root carries one.
+// trusted_ca is inline PEM of one or more certificates and whose optional
+// crl is inline PEM of one or more CRLs, with only_verify_leaf_cert_crl
+// (what the data path checks: the leaf's serial). The trust domain is read
+// from the roots' SPIFFE ID URI SAN (Verge's CA puts it there); it is empty
+// when no root carries one.
 func convertSecret(s *tlsv3.Secret) (*config.Secret, error) {
 	if s == nil {
 		return nil, errors.New("secret: nil")
@@ -380,7 +382,7 @@ func convertSecret(s *tlsv3.Secret) (*config.Secret, error) {
 	if vc == nil {
 		return nil, wrap(errors.New("validation_context: required (only a trust bundle is accepted)"))
 	}
-	if err := onlyFields(vc, "validation_context.", "trusted_ca"); err != nil {
+	if err := onlyFields(vc, "validation_context.", "trusted_ca", "crl", "only_verify_leaf_cert_crl"); err != nil {
 		return nil, wrap(err)
 	}
 	var data []byte
@@ -425,5 +427,66 @@ func convertSecret(s *tlsv3.Secret) (*config.Secret, error) {
 	if len(out.Roots) == 0 {
 		return nil, wrap(errors.New("validation_context.trusted_ca: no certificate"))
 	}
+	if crl := vc.GetCrl(); crl != nil {
+		if !vc.GetOnlyVerifyLeafCertCrl() {
+			// Envoy would then also require a CRL of each intermediate's
+			// issuer; the proxy checks leaves only, and must not pass for
+			// stricter than it is.
+			return nil, wrap(errors.New("validation_context.only_verify_leaf_cert_crl: must be true with a crl (only leaf certificates are checked)"))
+		}
+		revoked, err := convertCRL(crl)
+		if err != nil {
+			return nil, wrap(err)
+		}
+		out.Revoked = revoked
+	}
 	return out, nil
+}
+
+// convertCRL reads the serial numbers of a validation context's crl: inline
+// PEM of one or more "X509 CRL" blocks. Nothing else about the lists is
+// checked (issuer, signature, dates): they come over the authenticated ADS
+// stream, as the roots they would be checked against do, and a stale list
+// is still the control plane's latest word. Errors start with the field.
+func convertCRL(src *corev3.DataSource) (map[string]struct{}, error) {
+	var data []byte
+	switch s := src.GetSpecifier().(type) {
+	case *corev3.DataSource_InlineBytes:
+		data = s.InlineBytes
+	case *corev3.DataSource_InlineString:
+		data = []byte(s.InlineString)
+	default:
+		return nil, errors.New("validation_context.crl: only inline_bytes and inline_string are supported")
+	}
+	revoked := map[string]struct{}{}
+	n := 0
+	for ; ; n++ {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "X509 CRL" {
+			return nil, fmt.Errorf("validation_context.crl: PEM block %d: type %q, want X509 CRL", n, b.Type)
+		}
+		list, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("validation_context.crl: PEM block %d: %w", n, err)
+		}
+		for _, e := range list.RevokedCertificateEntries {
+			if e.SerialNumber == nil {
+				continue
+			}
+			// The data path compares with the leaf's serial in the same
+			// form (big.Int.Text(16)).
+			revoked[e.SerialNumber.Text(16)] = struct{}{}
+		}
+	}
+	if len(strings.TrimSpace(string(data))) > 0 {
+		return nil, errors.New("validation_context.crl: data after the last PEM block")
+	}
+	if n == 0 {
+		return nil, errors.New("validation_context.crl: no CRL")
+	}
+	return revoked, nil
 }

@@ -50,7 +50,7 @@ func FuzzTranslate(f *testing.F) {
 		if err := ix.ForProxyless().Validate(); err != nil {
 			t.Errorf("ForProxyless with MTLS: %v", err)
 		}
-		bundle := TrustBundleSecret([][]byte{[]byte("root")})
+		bundle := TrustBundleSecret([][]byte{[]byte("root")}, nil)
 		for _, w := range m.Workloads {
 			r := ix.ForWorkload(w)
 			r.Secrets = append(r.Secrets, bundle)

@@ -48,7 +48,7 @@ func TestGolden(t *testing.T) {
 			ix := NewIndex(m)
 			var secrets []*tlsv3.Secret
 			if m.MTLS {
-				secrets = []*tlsv3.Secret{TrustBundleSecret(loadRoots(t, filepath.Join(dir, "root.pem")))}
+				secrets = []*tlsv3.Secret{TrustBundleSecret(loadRoots(t, filepath.Join(dir, "root.pem")), nil)}
 			}
 			for _, wl := range m.Workloads {
 				if wl.Spec.Proxy == nil {

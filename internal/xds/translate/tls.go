@@ -78,17 +78,26 @@ func SPIFFEID(trustDomain, ns, sa string) string {
 
 // TrustBundleSecret is the SDS secret SecretTrustBundle: a validation
 // context whose trusted_ca is the PEM of every root (DER, in the given
-// order). The xDS server adds it to every Verge proxy's resources.
-func TrustBundleSecret(rootsDER [][]byte) *tlsv3.Secret {
+// order) and, when crlPEM is not empty, whose crl is crlPEM inline: the
+// PEM "X509 CRL" block(s) of the certificates the control plane revoked.
+// With a CRL, only_verify_leaf_cert_crl is set: the CA signs a CRL for the
+// leaves it issues, none for the intermediates of an operator's chain. The
+// xDS server adds it to every Verge proxy's resources.
+func TrustBundleSecret(rootsDER [][]byte, crlPEM []byte) *tlsv3.Secret {
 	var b strings.Builder
 	for _, der := range rootsDER {
 		b.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	}
+	vc := &tlsv3.CertificateValidationContext{
+		TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: []byte(b.String())}},
+	}
+	if len(crlPEM) > 0 {
+		vc.Crl = &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: crlPEM}}
+		vc.OnlyVerifyLeafCertCrl = true
+	}
 	return &tlsv3.Secret{
 		Name: SecretTrustBundle,
-		Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: []byte(b.String())}},
-		}},
+		Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc},
 	}
 }
 

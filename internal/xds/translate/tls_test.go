@@ -44,3 +44,25 @@ func TestSPIFFEID(t *testing.T) {
 		t.Errorf("SPIFFEID = %q, want %q", got, want)
 	}
 }
+
+// TestTrustBundleSecretCRL: the CRL rides in validation_context.crl, inline,
+// only when there is one, and the secret stays valid Envoy.
+func TestTrustBundleSecretCRL(t *testing.T) {
+	roots := [][]byte{[]byte("root")}
+	crl := []byte("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+	with := TrustBundleSecret(roots, crl)
+	if err := with.ValidateAll(); err != nil {
+		t.Fatalf("ValidateAll: %v", err)
+	}
+	vc := with.GetValidationContext()
+	if got := vc.GetCrl().GetInlineBytes(); string(got) != string(crl) || !vc.GetOnlyVerifyLeafCertCrl() {
+		t.Errorf("crl %q, only leaf %v", got, vc.GetOnlyVerifyLeafCertCrl())
+	}
+	without := TrustBundleSecret(roots, nil)
+	if without.GetValidationContext().GetCrl() != nil || without.GetValidationContext().GetOnlyVerifyLeafCertCrl() {
+		t.Errorf("secret without revocations has a crl: %v", without)
+	}
+	if diff := cmp.Diff(without.GetValidationContext().GetTrustedCa(), vc.GetTrustedCa(), protocmp.Transform()); diff != "" {
+		t.Errorf("trusted_ca differs with a crl (-without +with):\n%s", diff)
+	}
+}
