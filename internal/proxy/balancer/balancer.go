@@ -1,18 +1,25 @@
 // Package balancer owns the proxy's endpoint pickers: which upstream endpoint
-// of a cluster receives the next request, and the per-endpoint in-flight
-// accounting that least-request balancing and metrics read. It does no I/O;
-// the proxy feeds it endpoint sets and calls Pick on the request path.
+// of a cluster receives the next request. That covers the algorithms (round
+// robin, least request, ring hash, Maglev, peak EWMA), locality priorities
+// with Envoy's spill-over, the per-endpoint live state they read (in-flight
+// count, ejection flag, latency estimate) and the hash of request keys for
+// session affinity. It does no I/O and decides nothing about health: the
+// proxy feeds it endpoint sets, calls Pick on the request path and reports
+// ends of requests; the outlier detector and health checker set the ejection
+// flag.
 //
-// A Balancer publishes an immutable endpoint table through an atomic pointer,
-// so Pick never takes a lock; Update builds a new table and carries over the
-// *Endpoint of every address that stays, which keeps its in-flight counter
-// across configuration changes.
+// A Balancer publishes immutable tables through atomic pointers, so Pick
+// never takes a lock and never allocates; Update builds new tables and
+// carries over the *Endpoint of every address that stays, which keeps its
+// in-flight counter, ejection flag and latency estimate across configuration
+// changes.
 package balancer
 
 import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"verge.dev/verge/internal/proxy/config"
 )
@@ -27,6 +34,14 @@ const maxSchedule = 4096
 type Endpoint struct {
 	Address  string
 	inFlight atomic.Int64
+	ejected  atomic.Bool
+	// own is the balancer that made the endpoint; it never changes. Nil
+	// only for an Endpoint made outside this package.
+	own *owner
+	// level counts the ejected endpoints of the priority level e is in;
+	// guarded by own.mu, nil once e has left the balancer.
+	level *health
+	rtt   rttEstimate
 }
 
 // InFlight is the number of requests picked for this endpoint and not yet
@@ -34,16 +49,47 @@ type Endpoint struct {
 func (e *Endpoint) InFlight() int64 { return e.inFlight.Load() }
 
 // Done ends one request that Pick started on this endpoint. Call it exactly
-// once per successful Pick, from any goroutine.
+// once per successful Pick (or DoneRTT instead), from any goroutine.
 func (e *Endpoint) Done() { e.inFlight.Add(-1) }
+
+// DoneRTT ends one request like Done and records rtt, the time from sending
+// the request to its response (or its failure), as a latency sample for
+// PeakEWMA. Call it instead of Done, not besides it.
+func (e *Endpoint) DoneRTT(rtt time.Duration) {
+	e.inFlight.Add(-1)
+	e.observe(rtt)
+}
+
+// SetEjected marks the endpoint ejected (true) or back in service (false).
+// Every balancer skips ejected endpoints while its priority level has any
+// other; when all endpoints of the level are ejected it picks among them all
+// (Envoy's panic mode) rather than fail. Safe from any goroutine; it takes a
+// lock shared with Update, never one on the pick path.
+func (e *Endpoint) SetEjected(ejected bool) {
+	if e.own != nil {
+		e.own.mu.Lock()
+		defer e.own.mu.Unlock()
+	}
+	if e.ejected.Swap(ejected) == ejected || e.level == nil {
+		return
+	}
+	if ejected {
+		e.level.ejected.Add(1)
+	} else {
+		e.level.ejected.Add(-1)
+	}
+}
+
+// Ejected reports whether the endpoint is ejected (see SetEjected).
+func (e *Endpoint) Ejected() bool { return e.ejected.Load() }
 
 // Balancer picks endpoints for one cluster.
 //
 // Pick is called concurrently on the request path and never blocks; it
 // returns nil when the cluster has no endpoint. A non-nil result has had its
-// in-flight count incremented and the caller must call Done on it. Update may
-// be called concurrently with Pick, but Updates must not run concurrently with
-// each other.
+// in-flight count incremented and the caller must call Done (or DoneRTT) on
+// it. Update may be called concurrently with Pick, but Updates must not run
+// concurrently with each other.
 type Balancer interface {
 	Pick() *Endpoint
 	Update(eps []config.Endpoint)
@@ -51,29 +97,156 @@ type Balancer interface {
 	Endpoints() []*Endpoint
 }
 
+// HashPicker picks by a hash of the request (a header, cookie or source
+// address run through HashString) so that equal hashes reach the same
+// endpoint while the endpoint set stays, and few of them move when it
+// changes. Same contract as Pick otherwise. RingHash and Maglev implement it,
+// and so does every balancer New returns: for a policy that is not
+// hash-based PickHash ignores the hash.
+type HashPicker interface {
+	PickHash(hash uint64) *Endpoint
+}
+
+// Options tune a balancer beyond its policy; the zero value is the default.
+type Options struct {
+	// RingHashMinSize is RingHash's minimum number of ring entries
+	// (0: DefaultRingMinSize). Larger rings spread keys more evenly.
+	RingHashMinSize uint64
+}
+
 // New returns the balancer for policy (round robin for unknown values),
-// holding eps.
+// holding eps. See NewWithOptions.
 func New(policy config.LBPolicy, eps []config.Endpoint) Balancer {
-	var b Balancer
+	return NewWithOptions(policy, eps, Options{})
+}
+
+// NewWithOptions returns a *Priority: one balancer of policy per distinct
+// config.Endpoint.Priority, traffic spilling from level to level as Envoy's
+// does. With a single level (the common case) it adds one atomic load and
+// one call to each pick. It is a *Priority even then, because a later Update
+// may bring endpoints of other levels and the proxy keeps the balancer it
+// made.
+func NewWithOptions(policy config.LBPolicy, eps []config.Endpoint, opts Options) Balancer {
+	p := &Priority{policy: policy, opts: opts}
+	p.Update(eps)
+	return p
+}
+
+// newChild returns the flat balancer of policy for one priority level.
+func newChild(policy config.LBPolicy, opts Options) child {
 	switch policy {
 	case config.LBLeastRequest:
-		b = &LeastRequest{}
+		return &LeastRequest{}
+	case config.LBRingHash:
+		return &RingHash{MinSize: opts.RingHashMinSize}
+	case config.LBMaglev:
+		return &Maglev{}
+	case config.LBPeakEWMA:
+		return &PeakEWMA{}
 	default:
-		b = &RoundRobin{}
+		return &RoundRobin{}
 	}
-	b.Update(eps)
-	return b
+}
+
+// child is a flat balancer that Priority drives: install publishes a new
+// table for the given endpoints, which the caller (holding their owner's
+// lock) has already resolved and assigned to h.
+type child interface {
+	Balancer
+	install(eps []*Endpoint, weights []uint32, h *health)
+}
+
+// owner is the state an Endpoint shares with the balancer that made it.
+type owner struct {
+	// mu serializes Update and SetEjected, so the per-level ejected counts
+	// are exact; Pick never takes it.
+	mu sync.Mutex
+	// now, when set, replaces the monotonic clock (tests); tau, when
+	// positive, replaces DefaultDecay.
+	now func() int64
+	tau time.Duration
+}
+
+var clockBase = time.Now()
+
+// nanotime is the owner's monotonic clock in nanoseconds.
+func (o *owner) nanotime() int64 {
+	if o != nil && o.now != nil {
+		return o.now()
+	}
+	return int64(time.Since(clockBase))
+}
+
+// health is the live ejection count of one priority level's endpoints.
+type health struct {
+	ejected atomic.Int64
+	total   int64
+}
+
+// resolveLocked maps in to endpoints, reusing those of old by address
+// (duplicates after the first are dropped); weights (at least 1) and
+// priorities come back index by index. Callers hold o.mu.
+func (o *owner) resolveLocked(old []*Endpoint, in []config.Endpoint) (eps []*Endpoint, weights, prios []uint32) {
+	byAddr := make(map[string]*Endpoint, len(old))
+	for _, e := range old {
+		byAddr[e.Address] = e
+	}
+	eps = make([]*Endpoint, 0, len(in))
+	weights = make([]uint32, 0, len(in))
+	prios = make([]uint32, 0, len(in))
+	seen := make(map[string]bool, len(in))
+	for _, ce := range in {
+		if seen[ce.Address] {
+			continue
+		}
+		seen[ce.Address] = true
+		e, ok := byAddr[ce.Address]
+		if !ok {
+			e = &Endpoint{Address: ce.Address, own: o}
+		}
+		eps = append(eps, e)
+		weights = append(weights, max(ce.Weight, 1))
+		prios = append(prios, ce.Priority)
+	}
+	// Endpoints that left stop counting anywhere; those that stay are
+	// reassigned by the caller through assignLocked.
+	for _, e := range old {
+		e.level = nil
+	}
+	return eps, weights, prios
+}
+
+// assignLocked returns a health counting eps and points each endpoint at
+// it. Callers hold the endpoints' owner lock.
+func assignLocked(eps []*Endpoint) *health {
+	h := &health{total: int64(len(eps))}
+	for _, e := range eps {
+		e.level = h
+		if e.ejected.Load() {
+			h.ejected.Add(1)
+		}
+	}
+	return h
 }
 
 // table is an immutable endpoint set. weights[i] (at least 1) belongs to
 // eps[i]; weights live here rather than in Endpoint so that a weight change
-// keeps the endpoint's identity and counter. schedule holds indexes into eps,
+// keeps the endpoint's identity and state. schedule holds indexes into eps,
 // each endpoint appearing in proportion to its weight, interleaved smoothly;
-// it is nil when all weights are equal (the uniform fast path).
+// it is nil when all weights are equal (the uniform fast path). The hash
+// pickers keep their own structures beside it.
 type table struct {
 	eps      []*Endpoint
 	weights  []uint32
 	schedule []uint32
+	health   *health
+}
+
+func newTable(eps []*Endpoint, weights []uint32, h *health) *table {
+	if h == nil {
+		h = &health{total: int64(len(eps))}
+	}
+	return &table{eps: eps, weights: weights, schedule: buildSchedule(weights), health: h}
 }
 
 func (t *table) size() uint64 {
@@ -91,38 +264,52 @@ func (t *table) index(i uint64) uint32 {
 	return uint32(i)
 }
 
-// endpoints is the shared Update logic: it reuses the *Endpoint of every
-// address in old and builds the new table.
+// panicking reports whether every endpoint is ejected, in which case picks
+// ignore ejection (Envoy's panic mode: a likely-bad endpoint beats none).
+func (t *table) panicking() bool { return t.health.ejected.Load() >= int64(len(t.eps)) }
+
+// usable reports whether eps[i] may take a pick.
+func (t *table) usable(i uint32) bool { return !t.eps[i].ejected.Load() || t.panicking() }
+
+// sample returns a random index into eps, weighted.
+func (t *table) sample() uint32 { return t.index(rand.Uint64N(t.size())) }
+
+// healthyIndex returns a random usable index, weighted, for a pick whose
+// first choice was ejected. A few samples find one unless most endpoints
+// are ejected; then a scan from a random start does, ignoring weights.
+func (t *table) healthyIndex() uint32 {
+	for range 4 {
+		if i := t.sample(); t.usable(i) {
+			return i
+		}
+	}
+	n := uint32(len(t.eps))
+	start := rand.Uint32N(n)
+	for k := range n {
+		if i := (start + k) % n; !t.eps[i].ejected.Load() {
+			return i
+		}
+	}
+	return start // all ejected meanwhile: panic mode
+}
+
+// endpoints is the shared Update logic of the flat balancers.
 type endpoints struct {
-	mu    sync.Mutex // serializes Update; never held by Pick
+	own   owner
 	table atomic.Pointer[table]
 }
 
-func (s *endpoints) update(in []config.Endpoint) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old := map[string]*Endpoint{}
+// update resolves in against the current table and hands the result to
+// install.
+func (s *endpoints) update(in []config.Endpoint, install func([]*Endpoint, []uint32, *health)) {
+	s.own.mu.Lock()
+	defer s.own.mu.Unlock()
+	var old []*Endpoint
 	if t := s.table.Load(); t != nil {
-		for _, e := range t.eps {
-			old[e.Address] = e
-		}
+		old = t.eps
 	}
-	t := &table{eps: make([]*Endpoint, 0, len(in)), weights: make([]uint32, 0, len(in))}
-	seen := make(map[string]bool, len(in))
-	for _, ce := range in {
-		if seen[ce.Address] {
-			continue
-		}
-		seen[ce.Address] = true
-		e, ok := old[ce.Address]
-		if !ok {
-			e = &Endpoint{Address: ce.Address}
-		}
-		t.eps = append(t.eps, e)
-		t.weights = append(t.weights, max(ce.Weight, 1))
-	}
-	t.schedule = buildSchedule(t.weights)
-	s.table.Store(t)
+	eps, weights, _ := s.own.resolveLocked(old, in)
+	install(eps, weights, assignLocked(eps))
 }
 
 func (s *endpoints) Endpoints() []*Endpoint {
@@ -187,22 +374,37 @@ func gcd(a, b uint64) uint64 {
 }
 
 // RoundRobin cycles through the endpoints in weighted order with one atomic
-// counter, so concurrent Picks never contend on a lock.
+// counter, so concurrent Picks never contend on a lock. Ejected endpoints
+// are passed over.
 type RoundRobin struct {
 	endpoints
 	next atomic.Uint64
 }
 
 // Update replaces the endpoint set, keeping the state of endpoints that stay.
-func (b *RoundRobin) Update(eps []config.Endpoint) { b.update(eps) }
+func (b *RoundRobin) Update(eps []config.Endpoint) { b.update(eps, b.install) }
 
-// Pick returns the next endpoint, or nil when there is none.
+func (b *RoundRobin) install(eps []*Endpoint, weights []uint32, h *health) {
+	b.table.Store(newTable(eps, weights, h))
+}
+
+// Pick returns the next usable endpoint, or nil when there is none.
 func (b *RoundRobin) Pick() *Endpoint {
 	t := b.table.Load()
 	if t == nil || len(t.eps) == 0 {
 		return nil
 	}
-	e := t.eps[t.index((b.next.Add(1)-1)%t.size())]
+	// Passing over a few ejected endpoints keeps the rotation's order;
+	// beyond that a random healthy one bounds the cost.
+	i := t.index((b.next.Add(1) - 1) % t.size())
+	for tries := 0; !t.usable(i); tries++ {
+		if tries == 8 {
+			i = t.healthyIndex()
+			break
+		}
+		i = t.index((b.next.Add(1) - 1) % t.size())
+	}
+	e := t.eps[i]
 	e.inFlight.Add(1)
 	return e
 }
@@ -216,30 +418,23 @@ type LeastRequest struct {
 }
 
 // Update replaces the endpoint set, keeping the state of endpoints that stay.
-func (b *LeastRequest) Update(eps []config.Endpoint) { b.update(eps) }
+func (b *LeastRequest) Update(eps []config.Endpoint) { b.update(eps, b.install) }
 
-// Pick returns the less loaded of two random endpoints, or nil when there is
-// none.
+func (b *LeastRequest) install(eps []*Endpoint, weights []uint32, h *health) {
+	b.table.Store(newTable(eps, weights, h))
+}
+
+// Pick returns the less loaded of two random usable endpoints, or nil when
+// there is none.
 func (b *LeastRequest) Pick() *Endpoint {
 	t := b.table.Load()
 	if t == nil || len(t.eps) == 0 {
 		return nil
 	}
-	var i, j uint32
-	if n := uint64(len(t.eps)); n > 1 {
-		if t.schedule == nil {
-			// Uniform: two distinct endpoints compete.
-			i = uint32(rand.Uint64N(n))
-			j = uint32(rand.Uint64N(n - 1))
-			if j >= i {
-				j++
-			}
-		} else {
-			// Weighted: sample from the schedule, where each endpoint
-			// appears in proportion to its weight.
-			i = t.index(rand.Uint64N(t.size()))
-			j = t.index(rand.Uint64N(t.size()))
-		}
+	var i uint32
+	if len(t.eps) > 1 {
+		var j uint32
+		i, j = t.two()
 		// Compare in-flight/weight without dividing.
 		if t.eps[j].inFlight.Load()*int64(t.weights[i]) < t.eps[i].inFlight.Load()*int64(t.weights[j]) {
 			i = j
@@ -248,4 +443,28 @@ func (b *LeastRequest) Pick() *Endpoint {
 	e := t.eps[i]
 	e.inFlight.Add(1)
 	return e
+}
+
+// two returns two usable candidate indexes for a power-of-two-choices pick
+// (len(eps) > 1).
+func (t *table) two() (i, j uint32) {
+	if n := uint64(len(t.eps)); t.schedule == nil {
+		// Uniform: two distinct endpoints compete.
+		i = uint32(rand.Uint64N(n))
+		j = uint32(rand.Uint64N(n - 1))
+		if j >= i {
+			j++
+		}
+	} else {
+		// Weighted: sample from the schedule, where each endpoint appears
+		// in proportion to its weight.
+		i, j = t.sample(), t.sample()
+	}
+	if !t.usable(i) {
+		i = t.healthyIndex()
+	}
+	if !t.usable(j) {
+		j = t.healthyIndex()
+	}
+	return i, j
 }
