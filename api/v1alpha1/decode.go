@@ -95,6 +95,8 @@ func KindOf(obj Object) (Kind, bool) {
 		name = "GRPCRoute"
 	case *DestinationPolicy:
 		name = "DestinationPolicy"
+	case *FaultInjection:
+		name = "FaultInjection"
 	case *MeshTLS:
 		name = "MeshTLS"
 	case *AuthorizationPolicy:
@@ -311,7 +313,13 @@ func strictError(err error) error {
 	if i < 0 {
 		return fmt.Errorf("%s %q", what, p)
 	}
-	return fmt.Errorf("%s: %s %q", p[:i], what, p[i+1:])
+	hint := ""
+	if name := p[i+1:]; name == "true" || name == "false" {
+		// YAML 1.1 reads the bare keys on, off, yes, no, y and n as
+		// booleans, and a retry policy's "on" is such a key.
+		hint = ` (a bare YAML key such as on or yes reads as a boolean: quote it, "on":)`
+	}
+	return fmt.Errorf("%s: %s %q%s", p[:i], what, p[i+1:], hint)
 }
 
 var typeError = regexp.MustCompile(`^json: cannot unmarshal (.+) into Go struct field [A-Za-z0-9_]+\.(\S+) of type (\S+)$`)

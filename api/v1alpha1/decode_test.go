@@ -159,8 +159,8 @@ spec:
 		t.Errorf("DecodeOne (-want +got):\n%s", diff)
 	}
 	// Strict: a misspelt field is an error naming its place.
-	_, err = DecodeOne([]byte(in + "  circuitBreaker: {}\n"))
-	if err == nil || !strings.Contains(err.Error(), `spec: unknown field "circuitBreaker"`) {
+	_, err = DecodeOne([]byte(in + "  circuitBreakers: {}\n"))
+	if err == nil || !strings.Contains(err.Error(), `spec: unknown field "circuitBreakers"`) {
 		t.Errorf("DecodeOne with an unknown section: %v, want spec: unknown field", err)
 	}
 	for _, name := range []string{"destinationpolicies", "dp", "DestinationPolicy"} {
@@ -298,6 +298,7 @@ func TestKindOf(t *testing.T) {
 		{&HTTPRoute{}, "httproutes"},
 		{&GRPCRoute{}, "grpcroutes"},
 		{&DestinationPolicy{}, "destinationpolicies"},
+		{&FaultInjection{}, "faultinjections"},
 	}
 	for _, tt := range tests {
 		k, ok := KindOf(tt.obj)
@@ -307,5 +308,50 @@ func TestKindOf(t *testing.T) {
 	}
 	if _, ok := KindOf(&metav1.PartialObjectMetadata{}); ok {
 		t.Errorf("KindOf(PartialObjectMetadata) = true, want false")
+	}
+}
+
+func TestDecodeFaultInjection(t *testing.T) {
+	const in = `apiVersion: verge.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: chaos}
+spec:
+  targetRef: {name: backend}
+  abort: {grpcStatus: UNAVAILABLE, percent: "2.5"}
+`
+	got, err := DecodeOne([]byte(in))
+	if err != nil {
+		t.Fatalf("DecodeOne: %v", err)
+	}
+	want := &FaultInjection{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "FaultInjection"},
+		ObjectMeta: metav1.ObjectMeta{Name: "chaos"},
+		Spec: FaultInjectionSpec{
+			TargetRef: PolicyTargetReference{Name: "backend"},
+			Abort:     &FaultAbort{GRPCStatus: "UNAVAILABLE", Percent: "2.5"},
+		},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("DecodeOne (-want +got):\n%s", diff)
+	}
+	_, err = DecodeOne([]byte(in + "  abort2: {}\n"))
+	if err == nil || !strings.Contains(err.Error(), `spec: unknown field "abort2"`) {
+		t.Errorf("DecodeOne with an unknown field: %v, want spec: unknown field", err)
+	}
+	for _, name := range []string{"faultinjections", "fi", "FaultInjection"} {
+		if k, ok := KindByName(name); !ok || k.Kind != "FaultInjection" {
+			t.Errorf("KindByName(%q) = %q, %v", name, k.Kind, ok)
+		}
+	}
+}
+
+// TestDecodeBooleanKey checks the hint for YAML 1.1's boolean keys: a retry
+// policy's bare "on:" reads as true.
+func TestDecodeBooleanKey(t *testing.T) {
+	in := "apiVersion: verge.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: b}\n  retry:\n    on: [5xx]\n"
+	_, err := DecodeOne([]byte(in))
+	want := `document 1: spec.retry: unknown field "true" (a bare YAML key such as on or yes reads as a boolean: quote it, "on":)`
+	if err == nil || err.Error() != want {
+		t.Errorf("DecodeOne = %v, want %s", err, want)
 	}
 }

@@ -30,6 +30,16 @@ func FuzzDecodeValidate(f *testing.F) {
 	}
 	f.Add([]byte("apiVersion: verge.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80, prot: x}]}\n"))
 	f.Add([]byte(`[{"apiVersion":"verge.dev/v1alpha1","kind":"Workload","metadata":{"name":"w"},"spec":{"address":"::1"}}]`))
+	f.Add([]byte(`{"apiVersion":"verge.dev/v1alpha1","kind":"FaultInjection","metadata":{"name":"f"},` +
+		`"spec":{"targetRef":{"name":"b"},"headers":{"x":"1"},"delay":{"duration":"1s","percent":"0.0001"},"abort":{"grpcStatus":"14","percent":"100"}}}`))
+	f.Add([]byte("apiVersion: verge.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: b}\n" +
+		"  loadBalancer: {policy: RingHash, consistentHash: {cookie: {name: c, ttl: 1s}}}\n  retry: {retryOn: [reset], baseInterval: 99999h}\n" +
+		"  outlierDetection: {consecutive5xx: 0}\n  healthCheck: {tcp: {send: a}, interval: 1s, timeout: 999ms}\n" +
+		"  rateLimit: {requestsPerSecond: 1, by: \"header:x\"}\n  overload: {maxConcurrent: 1, routeClasses: {r: bulk}}\n  bandwidth: {bytesPerSecond: 1024}\n"))
+	f.Add([]byte("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: b}]\n  rules:\n" +
+		"  - matches: [{path: {value: /a}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]\n" +
+		"  - filters: [{type: URLRewrite, urlRewrite: {hostname: h}}, {type: RequestMirror, requestMirror: {backendRef: {name: m, port: 1}, fraction: {numerator: 0}}}]\n" +
+		"    backendRefs: [{name: b, port: 80}]\n"))
 
 	f.Fuzz(checkDecodeValidate)
 }

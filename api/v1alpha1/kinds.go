@@ -42,6 +42,12 @@ var Kinds = []Kind{
 			o.APIVersion, o.Kind = Group+"/"+Version, "DestinationPolicy"
 			return o
 		}},
+	{Group: Group, Version: Version, Kind: "FaultInjection", Plural: "faultinjections", Short: []string{"fi"},
+		New: func() Object {
+			o := &FaultInjection{}
+			o.APIVersion, o.Kind = Group+"/"+Version, "FaultInjection"
+			return o
+		}},
 	{Group: Group, Version: Version, Kind: "MeshTLS", Plural: "meshtlses", Short: []string{"mtls"},
 		New: func() Object { o := &MeshTLS{}; o.APIVersion, o.Kind = Group+"/"+Version, "MeshTLS"; return o }},
 	{Group: Group, Version: Version, Kind: "AuthorizationPolicy", Plural: "authorizationpolicies", Short: []string{"ap"},

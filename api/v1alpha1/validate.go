@@ -37,6 +37,8 @@ func Validate(obj Object) field.ErrorList {
 		errs = append(errs, validateGRPCRouteSpec(&o.Spec, spec)...)
 	case *DestinationPolicy:
 		errs = append(errs, validateDestinationPolicySpec(&o.Spec, spec)...)
+	case *FaultInjection:
+		errs = append(errs, validateFaultInjectionSpec(&o.Spec, spec)...)
 	case *MeshTLS:
 		errs = append(errs, validateMeshTLSSpec(&o.Spec, spec)...)
 	case *AuthorizationPolicy:
@@ -160,34 +162,6 @@ func validateWorkloadSpec(s *WorkloadSpec, p *field.Path) field.ErrorList {
 		}
 		local[u.LocalPort] = true
 		errs = append(errs, ipAddress(up.Child("localAddress"), u.LocalAddress)...)
-	}
-	return errs
-}
-
-func validateDestinationPolicySpec(s *DestinationPolicySpec, p *field.Path) field.ErrorList {
-	var errs field.ErrorList
-	tp := p.Child("targetRef")
-	if g := s.TargetRef.Group; g != "" && g != Group {
-		errs = append(errs, field.NotSupported(tp.Child("group"), g, []string{"", Group}))
-	}
-	if k := s.TargetRef.Kind; k != "Service" {
-		errs = append(errs, field.NotSupported(tp.Child("kind"), k, []string{"Service"}))
-	}
-	errs = append(errs, dnsLabel(tp.Child("name"), s.TargetRef.Name)...)
-	if s.TargetRef.Port != 0 {
-		errs = append(errs, portRange(tp.Child("port"), s.TargetRef.Port)...)
-	}
-	// A policy that sets nothing does nothing: refuse it, so that a
-	// misplaced or forgotten section is noticed at apply time.
-	if s.LoadBalancer == nil {
-		errs = append(errs, field.Required(p.Child("loadBalancer"), "a policy must set at least one of: loadBalancer"))
-	} else {
-		switch pol := s.LoadBalancer.Policy; pol {
-		case LoadBalancerRoundRobin, LoadBalancerLeastRequest:
-		default:
-			errs = append(errs, field.NotSupported(p.Child("loadBalancer", "policy"), pol,
-				[]LoadBalancerPolicy{LoadBalancerRoundRobin, LoadBalancerLeastRequest}))
-		}
 	}
 	return errs
 }

@@ -13,8 +13,8 @@ import (
 // The checks below follow the Gateway API's own CRD validation (patterns and
 // CEL rules of sigs.k8s.io/gateway-api v1), which Verge must apply itself
 // because it also runs without a Kubernetes API server, plus Verge's limits:
-// only Service parents and backends, and no filters or session persistence
-// yet.
+// only Service parents and backends, filters on rules but not on
+// backendRefs, and no session persistence yet.
 
 // refGroups are the groups a parentRef or backendRef may name: the core group
 // (a Kubernetes Service) or Verge's (a Verge Service), which are the same
@@ -54,18 +54,21 @@ func validateHTTPRouteSpec(s *gatewayv1.HTTPRouteSpec, p *field.Path) field.Erro
 		for j := range r.Matches {
 			errs = append(errs, validateHTTPMatch(&r.Matches[j], rp.Child("matches").Index(j))...)
 		}
-		for j, f := range r.Filters {
-			errs = append(errs, notYet(rp.Child("filters").Index(j).Child("type"), string(f.Type), "filters"))
-		}
+		filterErrs, redirect := validateHTTPFilters(r, rp.Child("filters"))
+		errs = append(errs, filterErrs...)
 		refs := make([]gatewayv1.BackendRef, len(r.BackendRefs))
 		for j, b := range r.BackendRefs {
 			refs[j] = b.BackendRef
 		}
-		errs = append(errs, validateBackendRefs(refs, rp.Child("backendRefs"))...)
+		switch {
+		case !redirect:
+			errs = append(errs, validateBackendRefs(refs, rp.Child("backendRefs"))...)
+		case len(refs) > 0:
+			// The redirect answers every request the rule matches.
+			errs = append(errs, field.Forbidden(rp.Child("backendRefs"), "must be empty in a rule with a RequestRedirect filter"))
+		}
 		for j, b := range r.BackendRefs {
-			for k, f := range b.Filters {
-				errs = append(errs, notYet(rp.Child("backendRefs").Index(j).Child("filters").Index(k).Child("type"), string(f.Type), "filters"))
-			}
+			errs = append(errs, backendFilters(rp.Child("backendRefs").Index(j).Child("filters"), len(b.Filters))...)
 		}
 		if r.Timeouts != nil {
 			errs = append(errs, validateTimeouts(r.Timeouts, rp.Child("timeouts"))...)
@@ -93,18 +96,14 @@ func validateGRPCRouteSpec(s *gatewayv1.GRPCRouteSpec, p *field.Path) field.Erro
 		for j := range r.Matches {
 			errs = append(errs, validateGRPCMatch(&r.Matches[j], rp.Child("matches").Index(j))...)
 		}
-		for j, f := range r.Filters {
-			errs = append(errs, notYet(rp.Child("filters").Index(j).Child("type"), string(f.Type), "filters"))
-		}
+		errs = append(errs, validateGRPCFilters(r.Filters, rp.Child("filters"))...)
 		refs := make([]gatewayv1.BackendRef, len(r.BackendRefs))
 		for j, b := range r.BackendRefs {
 			refs[j] = b.BackendRef
 		}
 		errs = append(errs, validateBackendRefs(refs, rp.Child("backendRefs"))...)
 		for j, b := range r.BackendRefs {
-			for k, f := range b.Filters {
-				errs = append(errs, notYet(rp.Child("backendRefs").Index(j).Child("filters").Index(k).Child("type"), string(f.Type), "filters"))
-			}
+			errs = append(errs, backendFilters(rp.Child("backendRefs").Index(j).Child("filters"), len(b.Filters))...)
 		}
 		if r.SessionPersistence != nil {
 			errs = append(errs, field.Forbidden(rp.Child("sessionPersistence"), "not supported yet"))

@@ -217,12 +217,11 @@ spec:
 				`spec.rules[0].matches[0].method: Unsupported value: "FETCH": supported values: "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"`,
 				"spec.rules[0].matches[1].path.value: Invalid value: \"/a(\": must be an RE2 regular expression: error parsing regexp: missing closing ): `/a(`",
 				`spec.rules[0].matches[2].path.value: Invalid value: "/a/../b": must not contain /../ or end with /..`,
-				`spec.rules[0].filters[0].type: Unsupported value: "RequestHeaderModifier": filters are not supported yet`,
 				`spec.rules[0].backendRefs[0].weight: Invalid value: -1: must be between 0 and 1000000`,
 				`spec.rules[0].backendRefs[1].port: Required value: a Service backend needs a port`,
 				`spec.rules[0].backendRefs[1].weight: Invalid value: 2000000: must be between 0 and 1000000`,
 				`spec.rules[0].backendRefs[2].kind: Unsupported value: "ConfigMap": supported values: "Service"`,
-				`spec.rules[0].backendRefs[2].filters[0].type: Unsupported value: "RequestMirror": filters are not supported yet`,
+				`spec.rules[0].backendRefs[2].filters: Forbidden: filters on a backendRef are not supported; set them on the rule`,
 				`spec.rules[0].timeouts.backendRequest: Invalid value: "2s": must not be longer than the request timeout`,
 				`spec.rules[1].backendRefs: Invalid value: 0: the sum of the weights must be greater than 0`,
 				`spec.rules[1].timeouts.request: Invalid value: "10": must be a Gateway API duration such as "10s" or "1m30s500ms"`,
@@ -270,7 +269,7 @@ spec:
 				"spec.rules[0].matches[3].headers[0].value: Invalid value: \"(\": must be an RE2 regular expression: error parsing regexp: missing closing ): `(`",
 				`spec.rules[0].matches[3].headers[1].type: Unsupported value: "Contains": supported values: "Exact", "RegularExpression"`,
 				`spec.rules[0].matches[3].headers[1].name: Duplicate value: "X"`,
-				`spec.rules[0].filters[0].type: Unsupported value: "RequestHeaderModifier": filters are not supported yet`,
+				`spec.rules[0].filters[0].requestHeaderModifier: Required value: type RequestHeaderModifier needs it`,
 			},
 		},
 		{
@@ -287,7 +286,7 @@ spec:
 				`spec.targetRef.kind: Unsupported value: "HTTPRoute": supported values: "Service"`,
 				`spec.targetRef.name: Invalid value: "Backend": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`,
 				`spec.targetRef.port: Invalid value: 70000: must be between 1 and 65535`,
-				`spec.loadBalancer.policy: Unsupported value: "Random": supported values: "RoundRobin", "LeastRequest"`,
+				`spec.loadBalancer.policy: Unsupported value: "Random": supported values: "RoundRobin", "LeastRequest", "RingHash", "Maglev", "PeakEWMA"`,
 			},
 		},
 		{
@@ -301,7 +300,7 @@ spec:
 			want: []string{
 				`spec.targetRef.name: Required value`,
 				`spec.targetRef.port: Invalid value: -1: must be between 1 and 65535`,
-				`spec.loadBalancer: Required value: a policy must set at least one of: loadBalancer`,
+				`spec: Required value: a policy must set at least one of: loadBalancer, retry, circuitBreaker, outlierDetection, healthCheck, rateLimit, overload, bandwidth`,
 			},
 		},
 		{
@@ -348,7 +347,7 @@ func TestValidateWithoutDefault(t *testing.T) {
 		`apiVersion: Unsupported value: "": supported values: "verge.dev/v1alpha1"`,
 		`kind: Unsupported value: "": supported values: "DestinationPolicy"`,
 		`spec.targetRef.kind: Unsupported value: "": supported values: "Service"`,
-		`spec.loadBalancer.policy: Unsupported value: "": supported values: "RoundRobin", "LeastRequest"`,
+		`spec.loadBalancer.policy: Unsupported value: "": supported values: "RoundRobin", "LeastRequest", "RingHash", "Maglev", "PeakEWMA"`,
 	}
 	if diff := cmp.Diff(want, errorStrings(Validate(dp))); diff != "" {
 		t.Errorf("Validate(DestinationPolicy) (-want +got):\n%s", diff)

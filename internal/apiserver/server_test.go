@@ -367,6 +367,7 @@ func TestDiscovery(t *testing.T) {
 			"gateway.networking.k8s.io/v1/httproutes=HTTPRoute(hr)",
 			"gateway.networking.k8s.io/v1/grpcroutes=GRPCRoute(gr)",
 			"verge.dev/v1alpha1/destinationpolicies=DestinationPolicy(dp)",
+			"verge.dev/v1alpha1/faultinjections=FaultInjection(fi)",
 			"verge.dev/v1alpha1/meshtlses=MeshTLS(mtls)",
 			"verge.dev/v1alpha1/authorizationpolicies=AuthorizationPolicy(ap)",
 		}

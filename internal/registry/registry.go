@@ -295,6 +295,8 @@ func (r *Registry) Mesh() (m translate.Mesh, ok bool) {
 	sortObjects(m.GRPCRoutes)
 	sortObjects(m.DestinationPolicies)
 	sortObjects(m.MeshTLSes)
+	sortObjects(m.AuthorizationPolicies)
+	sortObjects(m.FaultInjections)
 	return m, true
 }
 

@@ -114,6 +114,9 @@ type Listener struct {
 	// Authz is the listener's compiled authorization policy; nil allows
 	// every request and connection.
 	Authz *authz.Engine
+	// Traffic is the inbound listener's overload shedding and bandwidth
+	// cap; nil for none.
+	Traffic *ListenerTraffic
 }
 
 // RouteTable is a route configuration: virtual hosts chosen by Host/:authority.
@@ -143,6 +146,9 @@ type Route struct {
 	// DirectResponse, when set, answers the request itself; Clusters is then
 	// empty.
 	DirectResponse *DirectResponse
+	// Traffic is the route's traffic management (retries, rewrites,
+	// mirrors, faults, limits); nil for none.
+	Traffic *RouteTraffic
 }
 
 // DirectResponse is a fixed answer sent by the proxy without an upstream.
@@ -232,6 +238,9 @@ type Cluster struct {
 	// TLS is how endpoints whose TLS flag is set are reached; nil when none
 	// of the cluster's endpoints take TLS.
 	TLS *UpstreamTLS
+	// Traffic is the cluster's breaker, retry budget, outlier detection
+	// and health checks; nil for none.
+	Traffic *ClusterTraffic
 }
 
 // Endpoint is one upstream address.

@@ -268,12 +268,28 @@ func convertListener(l *listenerv3.Listener) (*config.Listener, *config.RouteTab
 	filters := fc.GetFilters()
 	var errs []error
 	var authzFilters []*listenerv3.Filter
+	bandwidthAt, terminalAt := -1, -1
 	for i, f := range filters {
 		path := fmt.Sprintf("%s.filters[%d]", chain, i)
 		tc := f.GetTypedConfig()
+		if !isAuthzNetworkFilter(f) && !isBandwidthFilter(f) {
+			terminalAt = i
+		}
 		switch {
 		case isAuthzNetworkFilter(f):
 			authzFilters = append(authzFilters, f)
+		case isBandwidthFilter(f):
+			if bandwidthAt >= 0 {
+				errs = append(errs, fmt.Errorf("%s: duplicate tcp_bandwidth_limit filter", path))
+				continue
+			}
+			bandwidthAt = i
+			bps, err := convertBandwidth(f, path+".")
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			out.Traffic = &config.ListenerTraffic{BandwidthBytesPerSecond: bps}
 		case tc != nil && tc.MessageIs(&hcmv3.HttpConnectionManager{}):
 			hcm := &hcmv3.HttpConnectionManager{}
 			if err := tc.UnmarshalTo(hcm); err != nil {
@@ -316,8 +332,15 @@ func convertListener(l *listenerv3.Listener) (*config.Listener, *config.RouteTab
 	if len(errs) > 0 {
 		return nil, nil, wrap(errors.Join(errs...))
 	}
-	if n := len(filters) - len(authzFilters); n != 1 {
+	nonTerminal := len(authzFilters)
+	if bandwidthAt >= 0 {
+		nonTerminal++
+	}
+	if n := len(filters) - nonTerminal; n != 1 {
 		return nil, nil, wrap(fmt.Errorf("%s.filters: want exactly 1 terminal filter, got %d", chain, n))
+	}
+	if bandwidthAt >= 0 && (out.Kind != config.ListenerTCP || bandwidthAt > terminalAt) {
+		return nil, nil, wrap(fmt.Errorf("%s.filters[%d]: tcp_bandwidth_limit is supported before tcp_proxy only", chain, bandwidthAt))
 	}
 	if len(authzFilters) > 0 {
 		if out.Kind != config.ListenerTCP {
@@ -362,6 +385,7 @@ func convertHCMBody(hcm *hcmv3.HttpConnectionManager, out *config.Listener) (*co
 	}
 	routerAt := -1
 	var authzFilters []*hcmv3.HttpFilter
+	traffic := map[string]bool{}
 	for i, hf := range hcm.GetHttpFilters() {
 		tc := hf.GetTypedConfig()
 		isRouter := (tc != nil && tc.MessageIs(&routerv3.Router{})) ||
@@ -369,6 +393,10 @@ func convertHCMBody(hcm *hcmv3.HttpConnectionManager, out *config.Listener) (*co
 		switch {
 		case isAuthzHTTPFilter(hf):
 			authzFilters = append(authzFilters, hf)
+		case trafficHTTPFilter(hf):
+			if err := convertTrafficHTTPFilter(hf, out, traffic, fmt.Sprintf(".http_filters[%d].", i)); err != nil {
+				return nil, err
+			}
 		case isRouter:
 			if routerAt >= 0 {
 				return nil, fmt.Errorf(".http_filters[%d]: duplicate router", i)
@@ -441,7 +469,14 @@ func convertRouteConfigurationBody(r *routev3.RouteConfiguration) (*config.Route
 	}
 	rt := &config.RouteTable{Name: r.GetName()}
 	var errs []error
+	if err := refuseTableTraffic(r); err != nil {
+		return nil, err
+	}
 	for i, vh := range r.GetVirtualHosts() {
+		if err := refuseVirtualHostTraffic(vh, fmt.Sprintf("virtual_hosts[%d].", i)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		cvh := &config.VirtualHost{Name: vh.GetName(), Domains: slices.Clone(vh.GetDomains())}
 		for j, route := range vh.GetRoutes() {
 			cr, err := convertRoute(route)
@@ -472,6 +507,12 @@ func convertRoute(r *routev3.Route) (*config.Route, error) {
 		if err := convertRouteAction(a.Route, out); err != nil {
 			return nil, fmt.Errorf("route.%w", err)
 		}
+	case *routev3.Route_Redirect:
+		rd, err := convertRedirect(a.Redirect, out.Match)
+		if err != nil {
+			return nil, fmt.Errorf("redirect.%w", err)
+		}
+		routeTraffic(out).Redirect = rd
 	case *routev3.Route_DirectResponse:
 		dr := &config.DirectResponse{Status: int(a.DirectResponse.GetStatus())}
 		if b := a.DirectResponse.GetBody(); b != nil {
@@ -490,13 +531,14 @@ func convertRoute(r *routev3.Route) (*config.Route, error) {
 	default:
 		return nil, fmt.Errorf("action: unsupported action %s", actionName(r))
 	}
+	if err := convertRouteTraffic(r, out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
 func actionName(r *routev3.Route) string {
 	switch {
-	case r.GetRedirect() != nil:
-		return `"redirect"`
 	case r.GetFilterAction() != nil:
 		return `"filter_action"`
 	case r.GetNonForwardingAction() != nil:
@@ -544,7 +586,7 @@ func convertRouteAction(a *routev3.RouteAction, out *config.Route) error {
 		}
 		out.Timeout = d
 	}
-	return nil
+	return convertRouteActionTraffic(a, out)
 }
 
 func duration(d *durationpb.Duration) (time.Duration, error) {
@@ -740,16 +782,11 @@ func convertCluster(c *clusterv3.Cluster) (*config.Cluster, string, error) {
 		return nil, "", wrap(err)
 	}
 	out.TLS = upstream
-	if c.GetLoadBalancingPolicy() != nil {
-		return nil, "", wrap(errors.New("load_balancing_policy: unsupported"))
+	if err := convertClusterLB(c, out); err != nil {
+		return nil, "", wrap(err)
 	}
-	switch c.GetLbPolicy() {
-	case clusterv3.Cluster_ROUND_ROBIN:
-		out.LB = config.LBRoundRobin
-	case clusterv3.Cluster_LEAST_REQUEST:
-		out.LB = config.LBLeastRequest
-	default:
-		return nil, "", wrap(fmt.Errorf("lb_policy: unsupported policy %s", c.GetLbPolicy()))
+	if err := convertClusterTraffic(c, out); err != nil {
+		return nil, "", wrap(err)
 	}
 	if t := c.GetConnectTimeout(); t != nil {
 		d, err := duration(t)
@@ -837,17 +874,19 @@ func convertClusterLoadAssignment(a *endpointv3.ClusterLoadAssignment) ([]config
 	return eps, nil
 }
 
-// convertEndpoints keeps the HEALTHY and UNKNOWN endpoints of the lowest
-// priority that has any: Envoy sends all traffic to priority 0 while it is
-// healthy and spills to the next level when it is not, and with endpoints
-// filtered to healthy ones "has any" is the simplest faithful reading.
-// Locality weights are ignored. Errors start with a field path.
+// convertEndpoints keeps the HEALTHY and UNKNOWN endpoints of every
+// priority, each with its locality's priority, zone and region: the
+// balancer (proxy/balancer) sends traffic to the lowest level and spills to
+// the next as a level loses its endpoints, as Envoy does. Locality weights
+// are ignored, as Envoy does without locality_weighted_lb_config. Errors
+// start with a field path.
 func convertEndpoints(a *endpointv3.ClusterLoadAssignment) ([]config.Endpoint, error) {
-	byPriority := map[uint32][]config.Endpoint{}
+	var out []config.Endpoint
 	for i, le := range a.GetEndpoints() {
 		if le.GetLbConfig() != nil {
 			return nil, fmt.Errorf("endpoints[%d].lb_config: unsupported", i)
 		}
+		zone, region := le.GetLocality().GetZone(), le.GetLocality().GetRegion()
 		for j, lb := range le.GetLbEndpoints() {
 			path := fmt.Sprintf("endpoints[%d].lb_endpoints[%d]", i, j)
 			ep := lb.GetEndpoint()
@@ -873,18 +912,10 @@ func convertEndpoints(a *endpointv3.ClusterLoadAssignment) ([]config.Endpoint, e
 			if w == 0 {
 				return nil, fmt.Errorf("%s.load_balancing_weight: must be at least 1", path)
 			}
-			p := le.GetPriority()
-			byPriority[p] = append(byPriority[p], config.Endpoint{Address: addr, Weight: w, TLS: endpointTLS(lb)})
+			out = append(out, config.Endpoint{Address: addr, Weight: w, TLS: endpointTLS(lb), Priority: le.GetPriority(), Zone: zone, Region: region})
 		}
 	}
-	if len(byPriority) == 0 {
-		return nil, nil
-	}
-	lowest := uint32(math.MaxUint32)
-	for p := range byPriority {
-		lowest = min(lowest, p)
-	}
-	return byPriority[lowest], nil
+	return out, nil
 }
 
 // socketAddress renders a socket_address as host:port. Errors start with a

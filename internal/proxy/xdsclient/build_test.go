@@ -84,7 +84,7 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
-			name: "lowest priority with endpoints wins",
+			name: "every priority is kept for the balancer to spill over",
 			in: input{
 				clusters: []*clusterv3.Cluster{edsCluster(svc, false)},
 				cla: []*endpointv3.ClusterLoadAssignment{loadAssignment(svc,
@@ -96,7 +96,7 @@ func TestBuild(t *testing.T) {
 			want: &config.Snapshot{
 				Routes: map[string]*config.RouteTable{},
 				Clusters: map[string]*config.Cluster{svc: {Name: svc, Protocol: config.UpstreamHTTP1, LB: config.LBLeastRequest, ConnectTimeout: 2 * time.Second,
-					Endpoints: []config.Endpoint{{Address: "10.1.0.1:80", Weight: 1}}}},
+					Endpoints: []config.Endpoint{{Address: "10.1.0.1:80", Weight: 1, Priority: 1}, {Address: "10.2.0.1:80", Weight: 1, Priority: 2}}}},
 			},
 		},
 		{
@@ -245,7 +245,7 @@ func TestBuild(t *testing.T) {
 			in: input{clusters: []*clusterv3.Cluster{
 				func() *clusterv3.Cluster {
 					c := edsCluster("a", false)
-					c.LbPolicy = clusterv3.Cluster_RING_HASH
+					c.LbPolicy = clusterv3.Cluster_RANDOM
 					return c
 				}(),
 				func() *clusterv3.Cluster {
@@ -254,7 +254,7 @@ func TestBuild(t *testing.T) {
 					return c
 				}(),
 			}},
-			wantErr: "cluster \"a\": lb_policy: unsupported policy RING_HASH\ncluster \"b\": type: unsupported discovery type STRICT_DNS",
+			wantErr: "cluster \"a\": lb_policy: unsupported policy RANDOM\ncluster \"b\": type: unsupported discovery type STRICT_DNS",
 		},
 	}
 	for _, tt := range tests {
@@ -311,6 +311,11 @@ func FuzzBuild(f *testing.F) {
 		Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "a+"}}},
 		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 404}},
 	}}}}})
+	// Traffic management: every route, listener and cluster field of
+	// docs/xds-traffic.md, and localities.
+	tl, tr, tc, te := trafficSeeds()
+	seed(tl, tr)
+	seed(tc, te)
 
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		l := &listenerv3.Listener{}

@@ -20,25 +20,42 @@
 // field; fields not mentioned are ignored, as gRPC's xDS client does):
 //   - Listener: socket_address with port_value; exactly one filter chain
 //     without transport_socket or filter_chain_match, or the mutual TLS
-//     chains (tls.go, docs/xds.md); one network filter,
+//     chains (tls.go, docs/xds.md); one terminal network filter,
 //     http_connection_manager (rds over ADS or inline route_config;
-//     http_filters holding the router last, other filters only when
-//     is_optional) or tcp_proxy (cluster). api_listener listeners are
-//     skipped. listener_filters are ignored.
+//     http_filters holding the router last, before it the authorization
+//     filters (authz.go), the fault and local_ratelimit filters with
+//     empty configs and the verge.filters.http.priority TypedStruct
+//     (Listener.Traffic.Overload), other filters only when is_optional)
+//     or tcp_proxy (cluster), which network RBAC and one
+//     tcp_bandwidth_limit (Listener.Traffic) may precede. api_listener
+//     listeners are skipped. listener_filters are ignored.
 //   - RouteConfiguration: virtual_hosts with domains; match prefix, path,
 //     safe_regex, path_separated_prefix, headers and query_parameters;
-//     action cluster, weighted_clusters or direct_response (inline body);
-//     timeout (unset means Envoy's 15 s, 0 means none).
-//   - Cluster: type EDS (ADS) or STATIC; lb_policy ROUND_ROBIN or
-//     LEAST_REQUEST; connect_timeout (default 5 s); HttpProtocolOptions
-//     explicit http2 selects UpstreamHTTP2, otherwise (auto_config too)
-//     UpstreamHTTP1; transport_socket_matches {tlsMode: verge} with an
-//     UpstreamTlsContext, then a plaintext default (Cluster.TLS).
+//     action cluster, weighted_clusters, redirect or direct_response
+//     (inline body); timeout (unset means Envoy's 15 s, 0 means none);
+//     retry_policy, hash_policy, rewrites, request_mirror_policies, header
+//     mutations and typed_per_filter_config for the fault, local rate
+//     limit and priority filters (Route.Traffic, traffic.go).
+//   - Cluster: type EDS (ADS) or STATIC; lb_policy ROUND_ROBIN,
+//     LEAST_REQUEST, RING_HASH (minimum_ring_size) or MAGLEV, or a
+//     load_balancing_policy led by Verge's PeakEWMA TypedStruct;
+//     connect_timeout (default 5 s); HttpProtocolOptions explicit http2
+//     selects UpstreamHTTP2, otherwise (auto_config too) UpstreamHTTP1;
+//     transport_socket_matches {tlsMode: verge} with an UpstreamTlsContext,
+//     then a plaintext default (Cluster.TLS); circuit_breakers (one DEFAULT
+//     threshold, retry_budget), outlier_detection (consecutive 5xx and
+//     gateway failures) and one health check (Cluster.Traffic).
 //   - ClusterLoadAssignment: socket-address endpoints, HEALTHY or UNKNOWN,
-//     load_balancing_weight, lowest priority with any endpoint; metadata
+//     load_balancing_weight, every priority with the locality's zone and
+//     region (the balancer spills over by priority); metadata
 //     envoy.transport_socket_match {tlsMode: verge} sets Endpoint.TLS.
 //   - Secret: only "ROOTCA", a validation_context with inline PEM
-//     trusted_ca (Snapshot.Secrets); subscribed to by name.
+//     trusted_ca and optionally an inline PEM crl, whose revoked serials
+//     become Secret.Revoked (Snapshot.Secrets); subscribed to by name.
+//
+// docs/xds-traffic.md maps each traffic field to its config field; values
+// out of range (percentages, non-positive durations, zero thresholds) are
+// NACKed with the field named.
 package xdsclient
 
 import (

@@ -23,11 +23,14 @@ const (
 	connectTimeout = 5 * time.Second
 	// httpProtocolOptionsKey is where Envoy looks for upstream HTTP options.
 	httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-	// Workload labels that place an endpoint in a locality (the Kubernetes
-	// well-known topology labels, so Kubernetes pods carry them already).
-	labelRegion = "topology.kubernetes.io/region"
-	labelZone   = "topology.kubernetes.io/zone"
-	defaultAddr = "127.0.0.1"
+	// Workload labels that place an endpoint in a locality: the API's
+	// "region" and "zone", else the Kubernetes well-known topology labels
+	// (Kubernetes pods carry them already).
+	labelRegion    = "region"
+	labelZone      = "zone"
+	labelK8sRegion = "topology.kubernetes.io/region"
+	labelK8sZone   = "topology.kubernetes.io/zone"
+	defaultAddr    = "127.0.0.1"
 )
 
 // ads is the config source of every RDS and EDS reference: the same ADS
@@ -65,20 +68,24 @@ func http2Options() map[string]*anypb.Any {
 
 func isH2(p v1alpha1.Protocol) bool { return p == v1alpha1.ProtocolHTTP2 || p == v1alpha1.ProtocolGRPC }
 
-// edsCluster is a service port's cluster. An ADS EDS source and lb_policy
-// ROUND_ROBIN or LEAST_REQUEST are what grpc-go's CDS validation accepts.
-func (ix *Index) edsCluster(name string, p v1alpha1.Protocol, lb clusterv3.Cluster_LbPolicy) *clusterv3.Cluster {
-	c := &clusterv3.Cluster{
+// edsCluster is a service port's cluster with what the DestinationPolicies
+// of si (nil for a port that does not exist) set for port: balancer,
+// circuit breakers, outlier detection, health checks (policy.go). It
+// returns the cluster proxyless gRPC clients get too, the same one unless
+// grpc-go cannot read the balancer (see setLB). An ADS EDS source is what
+// grpc-go's CDS validation accepts.
+func (ix *Index) edsCluster(name string, p v1alpha1.Protocol, si *serviceInfo, port int32) (c, proxyless *clusterv3.Cluster) {
+	c = &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads(), ServiceName: name},
 		ConnectTimeout:       durationpb.New(connectTimeout),
-		LbPolicy:             lb,
 	}
 	if isH2(p) {
 		c.TypedExtensionProtocolOptions = ix.h2Options
 	}
-	return c
+	setClusterTraffic(c, si, port)
+	return c, setLB(c, si, port)
 }
 
 // staticCluster is an inbound cluster: the application behind the proxy.
@@ -142,8 +149,8 @@ func (ix *Index) loadAssignment(name string, wls []*v1alpha1.Workload, targetPor
 				addr:     w.Spec.Address,
 				port:     wp.Port,
 				healthy:  ix.health[key] != HealthUnhealthy,
-				region:   w.Labels[labelRegion],
-				zone:     w.Labels[labelZone],
+				region:   cmp.Or(w.Labels[labelRegion], w.Labels[labelK8sRegion]),
+				zone:     cmp.Or(w.Labels[labelZone], w.Labels[labelK8sZone]),
 				workload: key,
 				tls:      markTLS && tlsEndpoint(w, targetPort),
 			}
@@ -202,6 +209,84 @@ func (ix *Index) loadAssignment(name string, wls []*v1alpha1.Workload, targetPor
 		cla.Endpoints = append(cla.Endpoints, groups[l])
 	}
 	return cla
+}
+
+// locality is a workload's place: its region and zone labels.
+type locality struct{ region, zone string }
+
+func workloadLocality(w *v1alpha1.Workload) locality {
+	return locality{
+		region: cmp.Or(w.Labels[labelRegion], w.Labels[labelK8sRegion]),
+		zone:   cmp.Or(w.Labels[labelZone], w.Labels[labelK8sZone]),
+	}
+}
+
+// Locality priorities (docs/xds-traffic.md): a client prefers endpoints in
+// its zone, then its region, then the rest, spilling over by priority as
+// nearer ones turn unhealthy.
+const (
+	prioritySameZone   = 0
+	prioritySameRegion = 1
+	priorityOther      = 2
+)
+
+func localityPriority(caller, ep locality) uint32 {
+	switch {
+	case ep.region != caller.region:
+		return priorityOther
+	case ep.zone != caller.zone:
+		return prioritySameRegion
+	}
+	return prioritySameZone
+}
+
+// clientCluster adds the service port's cluster as the proxy in front of
+// wl gets it, with endpoints prioritised by their locality relative to wl.
+func (ix *Index) clientCluster(b *collector, pi *portInfo, wl *v1alpha1.Workload) {
+	c, cla := pi.mesh()
+	if !pi.svc.localityOff(pi.port.Port) {
+		cla = withPriorities(cla, workloadLocality(wl))
+	}
+	b.cluster(c, cla)
+}
+
+// withPriorities is cla with each locality's priority set relative to
+// caller. Priorities used are renumbered 0, 1, ... in order (Envoy and
+// grpc-go want them contiguous), so with no same-zone endpoint the same
+// region's are priority 0. A caller without locality labels, or endpoints
+// all in one priority, get cla itself: everything at priority 0. The copy
+// shares the endpoints with cla.
+func withPriorities(cla *endpointv3.ClusterLoadAssignment, caller locality) *endpointv3.ClusterLoadAssignment {
+	if caller == (locality{}) || len(cla.GetEndpoints()) < 2 {
+		return cla
+	}
+	prios := make([]uint32, len(cla.Endpoints))
+	var used [priorityOther + 1]bool
+	for i, le := range cla.Endpoints {
+		prios[i] = localityPriority(caller, locality{le.GetLocality().GetRegion(), le.GetLocality().GetZone()})
+		used[prios[i]] = true
+	}
+	var renumber [priorityOther + 1]uint32
+	n := uint32(0)
+	for p, u := range used {
+		renumber[p] = n
+		if u {
+			n++
+		}
+	}
+	if n < 2 {
+		return cla
+	}
+	out := &endpointv3.ClusterLoadAssignment{ClusterName: cla.ClusterName, Policy: cla.Policy, NamedEndpoints: cla.NamedEndpoints}
+	for i, le := range cla.Endpoints {
+		out.Endpoints = append(out.Endpoints, &endpointv3.LocalityLbEndpoints{
+			Locality:            le.Locality,
+			LbEndpoints:         le.LbEndpoints,
+			LoadBalancingWeight: le.LoadBalancingWeight,
+			Priority:            renumber[prios[i]],
+		})
+	}
+	return out
 }
 
 // compareAddr orders IPs numerically (10.0.0.2 before 10.0.0.10), IPs

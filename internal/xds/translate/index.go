@@ -40,6 +40,7 @@ type Index struct {
 	h2Options map[string]*anypb.Any // shared by every HTTP/2 cluster
 	tls       tlsIndex
 	authz     authzIndex
+	faults    faultIndex
 }
 
 type serviceInfo struct {
@@ -83,13 +84,21 @@ type portInfo struct {
 	missing bool // a backendRef names it but no such service port exists
 	cluster *clusterv3.Cluster
 	cla     *endpointv3.ClusterLoadAssignment
+	// proxylessCluster is cluster as grpc-go can read it (see setLB).
+	proxylessCluster *clusterv3.Cluster
 	// meshCluster and meshCLA are what Verge proxies get: with auto mTLS
 	// when Mesh.MTLS is set and some endpoint is a proxy; nil means the
 	// same as cluster and cla (see mesh).
 	meshCluster *clusterv3.Cluster
 	meshCLA     *endpointv3.ClusterLoadAssignment
 	routes      []*routev3.Route // HTTP-ish ports only
-	backends    []*portInfo      // clusters routes send to, sorted by name, unique
+	// ruleNames holds the name of the rule each of routes comes from ("" for
+	// unnamed rules and the default route).
+	ruleNames []string
+	// faults is set when a route carries a fault, so that HCMs using the
+	// route config list the fault filter.
+	faults   bool
+	backends []*portInfo // clusters routes send to, sorted by name, unique
 	// outbound is the route config Verge proxies and Envoy use (any Host);
 	// proxyless is the one gRPC clients use (Host must be the service).
 	outbound, proxyless *routev3.RouteConfiguration
@@ -116,6 +125,7 @@ func NewIndex(m Mesh) *Index {
 		h2Options: http2Options(),
 		tls:       newTLSIndex(m),
 		authz:     newAuthzIndex(m),
+		faults:    newFaultIndex(m.FaultInjections),
 	}
 
 	svcs := slices.Clone(m.Services)
@@ -141,7 +151,7 @@ func NewIndex(m Mesh) *Index {
 			if _, dup := ix.ports[pi.name]; dup {
 				continue
 			}
-			pi.cluster = ix.edsCluster(pi.name, p.Protocol, si.lbPolicy(p.Port))
+			pi.cluster, pi.proxylessCluster = ix.edsCluster(pi.name, p.Protocol, si, p.Port)
 			pi.cla = ix.loadAssignment(pi.name, si.workloads, p.TargetPort, false)
 			if ids := ix.peerIDs(si.workloads, p.TargetPort); len(ids) > 0 {
 				pi.meshCluster = ix.meshCluster(pi.cluster, p.Protocol, ids)

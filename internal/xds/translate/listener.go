@@ -10,6 +10,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -56,24 +57,22 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 			continue
 		}
 		name := "inbound:" + strconv.Itoa(int(wp.Port))
+		stat := "inbound_" + strconv.Itoa(int(wp.Port))
 		p := inboundProtocol(selecting, wp.Port)
+		t := ix.inboundTraffic(selecting, wp.Port)
 		l := &listenerv3.Listener{Name: name, Address: socketAddress(wl.Spec.Address, wp.InboundPort)}
 		if p.IsHTTP() {
-			l.FilterChains = hcmChain("inbound_"+strconv.Itoa(int(wp.Port)), name, ix.authzHTTPFilters(wl, wp.Port)...)
+			l.FilterChains = hcmChain(stat, name, append(t.httpFilters(stat), ix.authzHTTPFilters(wl, wp.Port)...)...)
 			b.route(&routev3.RouteConfiguration{
 				Name: name,
 				VirtualHosts: []*routev3.VirtualHost{{
 					Name:    "inbound",
 					Domains: []string{"*"},
-					Routes: []*routev3.Route{{
-						Name:   "default",
-						Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-						Action: routeTo([]weighted{{name, 1}}, 0).Action,
-					}},
+					Routes:  t.routes(name, stat),
 				}},
 			})
 		} else {
-			l.FilterChains = tcpChain("inbound_"+strconv.Itoa(int(wp.Port)), name, ix.authzNetworkFilters(wl, wp.Port)...)
+			l.FilterChains = tcpChain(stat, name, append(ix.authzNetworkFilters(wl, wp.Port), t.networkFilters(stat)...)...)
 		}
 		if ix.tls.on && wl.Spec.Proxy != nil {
 			ix.secureInbound(l, mode, p)
@@ -98,14 +97,14 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 			l.FilterChains = hcmChain(stat, cname)
 			b.route(routeConfig(cname, []string{"*"}, nil))
 		case pi.port.Protocol.IsHTTP():
-			l.FilterChains = hcmChain(stat, cname)
+			l.FilterChains = hcmChain(stat, cname, outboundFilters(pi)...)
 			b.route(pi.outbound)
 			for _, be := range pi.backends {
-				b.cluster(be.mesh())
+				ix.clientCluster(&b, be, wl)
 			}
 		default:
 			l.FilterChains = tcpChain(stat, cname)
-			b.cluster(pi.mesh())
+			ix.clientCluster(&b, pi, wl)
 		}
 		b.listener(l)
 	}
@@ -139,14 +138,27 @@ func (ix *Index) ForProxyless() Resources {
 		}
 		b.listener(&listenerv3.Listener{
 			Name:        pi.name,
-			ApiListener: &listenerv3.ApiListener{ApiListener: mustAny(hcm(pi.name, pi.name))},
+			ApiListener: &listenerv3.ApiListener{ApiListener: mustAny(hcm(pi.name, pi.name, outboundFilters(pi)...))},
 		})
 		b.route(pi.proxyless)
 		for _, be := range pi.backends {
-			b.cluster(be.cluster, be.cla)
+			b.cluster(be.proxylessCluster, be.cla)
 		}
 	}
 	return b.resources()
+}
+
+// outboundFilters are the HTTP filters before the router of HCMs routing
+// with pi's route config: the fault filter when a route carries a fault.
+// grpc-go implements it too, so proxyless clients get it as well.
+func outboundFilters(pi *portInfo) []*hcmv3.HttpFilter {
+	if !pi.faults {
+		return nil
+	}
+	return []*hcmv3.HttpFilter{{
+		Name:       faultFilterName,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&faultv3.HTTPFault{})},
+	}}
 }
 
 // hcm is the HTTP connection manager of every HTTP listener: routes over ADS

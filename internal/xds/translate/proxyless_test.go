@@ -186,7 +186,7 @@ func serveADSWith(t *testing.T, ctx context.Context, cache cachev3.SnapshotCache
 // ACKed: grpc-go's checks (route path specifiers, weighted clusters, LB
 // policy, EDS source, filters) are stricter than Validate().
 func TestProxylessACK(t *testing.T) {
-	for _, dir := range []string{"demo", "precedence", "direct", "lb"} {
+	for _, dir := range []string{"demo", "precedence", "direct", "lb", "traffic"} {
 		res := NewIndex(loadMesh(t, "testdata/"+dir)).ForProxyless()
 		for _, l := range res.Listeners {
 			t.Run(dir+"/"+l.GetName(), func(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -37,6 +36,9 @@ type routeEntry struct {
 	svcLen, methodLen int
 
 	headers int
+	// ruleName is the rule's name ("" when unnamed), which policies select
+	// routes by.
+	ruleName string
 	// Tie-breaks shared by both kinds.
 	created     time.Time
 	key         string // ns/name
@@ -95,7 +97,7 @@ func (ix *Index) buildRoutes(pi *portInfo) {
 			}
 			seen[a.route] = true
 			attached = true
-			grpcEntries = append(grpcEntries, ix.grpcEntries(a.route, backends)...)
+			grpcEntries = append(grpcEntries, ix.grpcEntries(pi, a.route, backends)...)
 		}
 	}
 	seen := map[*v1alpha1.HTTPRoute]bool{}
@@ -105,27 +107,28 @@ func (ix *Index) buildRoutes(pi *portInfo) {
 		}
 		seen[a.route] = true
 		attached = true
-		httpEntries = append(httpEntries, ix.httpEntries(a.route, backends)...)
+		httpEntries = append(httpEntries, ix.httpEntries(pi, a.route, backends)...)
 	}
 	slices.SortFunc(grpcEntries, compareGRPC)
 	slices.SortFunc(httpEntries, compareHTTP)
 
 	if attached {
 		pi.routes = make([]*routev3.Route, 0, len(grpcEntries)+len(httpEntries))
-		for _, e := range grpcEntries {
+		pi.ruleNames = make([]string, 0, cap(pi.routes))
+		for _, e := range slices.Concat(grpcEntries, httpEntries) {
 			pi.routes = append(pi.routes, e.route)
-		}
-		for _, e := range httpEntries {
-			pi.routes = append(pi.routes, e.route)
+			pi.ruleNames = append(pi.ruleNames, e.ruleName)
 		}
 	} else {
-		pi.routes = []*routev3.Route{{
-			Name:   "default",
-			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-			Action: routeTo([]weighted{{pi.name, 1}}, 0).Action,
+		// The port's own cluster, with the traffic controls of an unnamed rule.
+		ref := gatewayv1.BackendRef{BackendObjectReference: gatewayv1.BackendObjectReference{
+			Name: gatewayv1.ObjectName(si.name), Namespace: new(gatewayv1.Namespace(si.ns)), Port: new(pi.port.Port),
 		}}
-		backends[pi.name] = pi
+		tmpl := ix.ruleRoute(pi, si.ns, []gatewayv1.BackendRef{ref}, ruleSpec{}, backends)
+		pi.routes = []*routev3.Route{withMatch(tmpl, "default", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}})}
+		pi.ruleNames = []string{""}
 	}
+	pi.faults = hasFault(pi.routes)
 	for _, b := range backends {
 		pi.backends = append(pi.backends, b)
 	}
@@ -175,7 +178,7 @@ func forGRPCClients(routes []*routev3.Route) []*routev3.Route {
 	return out
 }
 
-func (ix *Index) httpEntries(r *v1alpha1.HTTPRoute, backends map[string]*portInfo) []routeEntry {
+func (ix *Index) httpEntries(parent *portInfo, r *v1alpha1.HTTPRoute, backends map[string]*portInfo) []routeEntry {
 	var out []routeEntry
 	key := r.Namespace + "/" + r.Name
 	for ri, rule := range r.Spec.Rules {
@@ -183,19 +186,15 @@ func (ix *Index) httpEntries(r *v1alpha1.HTTPRoute, backends map[string]*portInf
 		for i, b := range rule.BackendRefs {
 			refs[i] = b.BackendRef
 		}
-		var timeout time.Duration
-		if rule.Timeouts != nil && rule.Timeouts.Request != nil {
-			// Validation accepted it; GEP-2257 durations are a subset of Go's.
-			timeout, _ = time.ParseDuration(string(*rule.Timeouts.Request))
-		}
-		action := routeTo(ix.resolveBackends(r.Namespace, refs, backends), timeout)
+		rs := httpRuleSpec(&rule)
+		tmpl := ix.ruleRoute(parent, r.Namespace, refs, rs, backends)
 		matches := rule.Matches
 		if len(matches) == 0 {
 			matches = []gatewayv1.HTTPRouteMatch{{}}
 		}
 		for mi, m := range matches {
 			e := routeEntry{
-				created: r.CreationTimestamp.Time, key: key, rule: ri, match: mi,
+				created: r.CreationTimestamp.Time, key: key, rule: ri, match: mi, ruleName: rs.name,
 				method: m.Method != nil, headers: len(m.Headers), query: len(m.QueryParams),
 			}
 			rm := &routev3.RouteMatch{}
@@ -214,7 +213,7 @@ func (ix *Index) httpEntries(r *v1alpha1.HTTPRoute, backends map[string]*portInf
 					},
 				})
 			}
-			e.route = &routev3.Route{Name: entryName("httproute", key, ri, mi), Match: rm, Action: action.Action}
+			e.route = withMatch(tmpl, entryName("httproute", key, ri, mi), rm)
 			out = append(out, e)
 		}
 	}
@@ -252,7 +251,7 @@ func httpPath(p *gatewayv1.HTTPPathMatch, rm *routev3.RouteMatch) (rank, length 
 	return 2, len(val)
 }
 
-func (ix *Index) grpcEntries(r *v1alpha1.GRPCRoute, backends map[string]*portInfo) []routeEntry {
+func (ix *Index) grpcEntries(parent *portInfo, r *v1alpha1.GRPCRoute, backends map[string]*portInfo) []routeEntry {
 	var out []routeEntry
 	key := r.Namespace + "/" + r.Name
 	for ri, rule := range r.Spec.Rules {
@@ -261,19 +260,20 @@ func (ix *Index) grpcEntries(r *v1alpha1.GRPCRoute, backends map[string]*portInf
 			refs[i] = b.BackendRef
 		}
 		// GRPCRoute has no timeouts; streams must never be cut.
-		action := routeTo(ix.resolveBackends(r.Namespace, refs, backends), 0)
+		rs := grpcRuleSpec(&rule)
+		tmpl := ix.ruleRoute(parent, r.Namespace, refs, rs, backends)
 		matches := rule.Matches
 		if len(matches) == 0 {
 			matches = []gatewayv1.GRPCRouteMatch{{}}
 		}
 		for mi, m := range matches {
-			e := routeEntry{created: r.CreationTimestamp.Time, key: key, rule: ri, match: mi, headers: len(m.Headers)}
+			e := routeEntry{created: r.CreationTimestamp.Time, key: key, rule: ri, match: mi, ruleName: rs.name, headers: len(m.Headers)}
 			rm := &routev3.RouteMatch{}
 			e.exactMethod, e.svcLen, e.methodLen = grpcPath(m.Method, rm)
 			for _, h := range m.Headers {
 				rm.Headers = append(rm.Headers, headerMatcher(string(h.Name), h.Type != nil && *h.Type == gatewayv1.GRPCHeaderMatchRegularExpression, h.Value))
 			}
-			e.route = &routev3.Route{Name: entryName("grpcroute", key, ri, mi), Match: rm, Action: action.Action}
+			e.route = withMatch(tmpl, entryName("grpcroute", key, ri, mi), rm)
 			out = append(out, e)
 		}
 	}
@@ -361,9 +361,9 @@ func (ix *Index) resolveBackends(routeNS string, refs []gatewayv1.BackendRef, ba
 				name:    name,
 				missing: true,
 				port:    v1alpha1.ServicePort{Port: *ref.Port, Protocol: v1alpha1.ProtocolHTTP},
-				cluster: ix.edsCluster(name, v1alpha1.ProtocolHTTP, clusterv3.Cluster_ROUND_ROBIN),
 				cla:     &endpointv3.ClusterLoadAssignment{ClusterName: name},
 			}
+			pi.cluster, pi.proxylessCluster = ix.edsCluster(name, v1alpha1.ProtocolHTTP, nil, *ref.Port)
 			ix.ports[name] = pi
 		}
 		backends[name] = pi

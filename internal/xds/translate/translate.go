@@ -14,9 +14,16 @@
 // (STRICT or PERMISSIVE by MeshTLS) and clusters use auto mTLS towards
 // proxied endpoints; see tls.go. The proxyless view never carries TLS.
 //
-// A service port's cluster is ROUND_ROBIN unless a DestinationPolicy
-// targeting the service (with that port or no port) says LeastRequest; when
-// several do, the oldest (creationTimestamp, then name) wins.
+// Traffic management (docs/xds-traffic.md is the field-by-field contract):
+// DestinationPolicies targeting a service (with that port or no port) set
+// its clusters' balancer, circuit breakers, retry budget, outlier detection
+// and health checks (policy.go), the default retry and hash policy of
+// routes to it, and the rate limit, priority shedding and bandwidth limit
+// of its own proxies' inbound listeners (inbound.go); for each section the
+// oldest policy setting it (creationTimestamp, then name) wins. Gateway API
+// route filters and retries, and FaultInjections, shape outbound routes
+// (traffic.go). Endpoints carry their locality (workload labels "region"
+// and "zone"), and ForWorkload prioritises them relative to the caller's.
 package translate
 
 import (
@@ -58,6 +65,9 @@ type Mesh struct {
 	// AuthorizationPolicies become authorization filters on proxied
 	// workloads' inbound listeners (see authz.go).
 	AuthorizationPolicies []*v1alpha1.AuthorizationPolicy
+	// FaultInjections become fault filters on the routes of callers of
+	// their target service (see docs/xds-traffic.md).
+	FaultInjections []*v1alpha1.FaultInjection
 	// Health by "namespace/name" of the workload; absent means HealthUnknown.
 	Health map[string]Health
 	// MTLS turns on mutual TLS between Verge proxies: TLS filter chains on
@@ -101,6 +111,8 @@ func (m *Mesh) Add(o v1alpha1.Object) bool {
 		m.MeshTLSes = append(m.MeshTLSes, o)
 	case *v1alpha1.AuthorizationPolicy:
 		m.AuthorizationPolicies = append(m.AuthorizationPolicies, o)
+	case *v1alpha1.FaultInjection:
+		m.FaultInjections = append(m.FaultInjections, o)
 	default:
 		return false
 	}

@@ -58,7 +58,7 @@ func snapshot(t *testing.T, r Resources, proxyless bool) *cachev3.Snapshot {
 }
 
 func TestConsistent(t *testing.T) {
-	for _, dir := range []string{"demo", "tcp", "precedence", "direct", "missing", "lb"} {
+	for _, dir := range []string{"demo", "tcp", "precedence", "direct", "missing", "lb", "traffic"} {
 		t.Run(dir, func(t *testing.T) {
 			m := loadMesh(t, "testdata/"+dir)
 			ix := NewIndex(m)

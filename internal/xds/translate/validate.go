@@ -91,6 +91,9 @@ func (r Resources) consistent() error {
 				for _, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
 					wantClusters[wc.GetName()] = true
 				}
+				for _, mp := range rt.GetRoute().GetRequestMirrorPolicies() {
+					wantClusters[mp.GetCluster()] = true
+				}
 			}
 		}
 	}
