@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // The benchmarks put one proxy hop between a raw client and a raw upstream
@@ -157,3 +158,29 @@ func runBench(b *testing.B, addr string) {
 		})
 	})
 }
+
+// BenchmarkServeTraffic is BenchmarkServe with a route's typical traffic
+// management that does not fire: retries armed (the 200 is not retried),
+// a per-try timeout and header edits both ways.
+func BenchmarkServeTraffic(b *testing.B) {
+	tr := &Traffic{
+		Attempts:      2,
+		PerTryTimeout: time.Minute,
+		RetryOn:       func(status int, f Failure) bool { return status >= 500 || f != FailureNone },
+		Backoff:       func(int) time.Duration { return time.Millisecond },
+		RequestHeaders: &HeaderEdits{
+			Set:    []Field{{"x-route", "bench"}},
+			Remove: []string{"user-agent"},
+		},
+		ResponseHeaders: &HeaderEdits{Add: []Field{{"x-served-by", "verge"}}},
+	}
+	px := startProxy(b, trafficBenchRouter{startBenchUpstream(b), tr}, Options{})
+	runBench(b, px.addr)
+}
+
+type trafficBenchRouter struct {
+	addr string
+	tr   *Traffic
+}
+
+func (r trafficBenchRouter) Route(*Request) Decision { return Decision{Addr: r.addr, Traffic: r.tr} }

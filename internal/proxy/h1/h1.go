@@ -14,6 +14,15 @@
 // exchange (an HTTP/2 stream to a peer proxy instead of a pooled HTTP/1.1
 // connection), and Pool.RoundTrip sends a request that did not come from
 // Serve (a stream the peer proxy sent) to an application.
+//
+// The engine also executes what a route's traffic management decided
+// (Decision.Traffic, see traffic.go): target and Host rewrites, header
+// edits, an injected delay, retries with per-try timeouts and backoff
+// over either kind of exchange, and a mirror copy of the request; and it
+// writes the extra fields of local replies (Decision.Header: redirects,
+// rate limits). What to do is the Router's business (package proxy
+// compiles it per snapshot); this package only carries it out, and a
+// Decision without Traffic costs one nil check.
 package h1
 
 import (
@@ -57,7 +66,84 @@ type Decision struct {
 	// least-request accounting and metrics, which so count what the client
 	// saw.
 	Done func(status int, err error)
+	// Header holds extra fields of the local reply when Addr is empty
+	// (Location for a redirect, Retry-After for a rate limit).
+	Header []Field
+	// Traffic is the route's traffic management for this exchange; nil
+	// keeps the plain single exchange (the fast path pays one nil check).
+	Traffic *Traffic
 }
+
+// Field is one header field.
+type Field struct{ Name, Value string }
+
+// Traffic is what the engine does around an exchange besides forwarding
+// it: rewrites, header edits, an injected delay, retries and a mirror. The
+// engine applies it on both kinds of exchange (pooled HTTP/1.1 and an
+// Upstream). It is read-only for the engine and may be shared between
+// requests, except for the callbacks' own state.
+type Traffic struct {
+	// Delay holds the request this long before the first attempt (fault
+	// injection); the exchange's deadline keeps running.
+	Delay time.Duration
+	// Target, when not empty, replaces the request-target sent upstream
+	// (origin-form, query included); Host, when not empty, the Host.
+	Target string
+	Host   string
+	// RequestHeaders edit the request sent upstream, ResponseHeaders the
+	// response sent downstream (names lower case; Set replaces every
+	// field of the name, Add appends, Remove drops).
+	RequestHeaders, ResponseHeaders *HeaderEdits
+	// Attempts is the number of retries allowed after the first try. A
+	// request whose body cannot be replayed (chunked, Expect: 100-continue,
+	// or larger than what the engine holds in its buffer) is never
+	// retried.
+	Attempts int
+	// PerTryTimeout bounds each try (zero: only Decision.Timeout).
+	PerTryTimeout time.Duration
+	// Backoff returns the pause before retry n (1-based); nil means none.
+	Backoff func(n int) time.Duration
+	// RetryOn reports whether an attempt's outcome is retried: status is
+	// the response status (0 when no response head arrived) and failure
+	// what went wrong before one did. A retried response is discarded
+	// with its connection, never relayed.
+	RetryOn func(status int, failure Failure) bool
+	// Next is called before each retry with the outcome of the previous
+	// attempt; it picks the endpoint of the next one (accounting for the
+	// previous endpoint as it sees fit) or returns ok false to stop
+	// retrying, and the previous outcome is then what the client gets.
+	// Decision.Done reports the final attempt's outcome.
+	Next func(status int, failure Failure) (addr string, up Upstream, ok bool)
+	// Mirror, when set, receives a copy of the request as sent upstream
+	// (after rewrites and edits; the body only when it is replayable, else
+	// the mirror is skipped) once the request has been sent to the first
+	// attempt; it must not block (it starts its own goroutine).
+	Mirror func(req *OutRequest)
+}
+
+// HeaderEdits are header changes applied in order: Set, Add, Remove.
+type HeaderEdits struct {
+	Set    []Field
+	Add    []Field
+	Remove []string
+}
+
+// Failure is what went wrong in an attempt that got no response head.
+type Failure int
+
+const (
+	// FailureNone: a response head arrived.
+	FailureNone Failure = iota
+	// FailureConnect: no connection could be made.
+	FailureConnect
+	// FailureReset: the connection broke before a response head.
+	FailureReset
+	// FailureTimeout: the attempt's deadline passed.
+	FailureTimeout
+	// FailureRefused: the upstream refused the stream before processing
+	// it (HTTP/2 REFUSED_STREAM or GOAWAY), so a retry is always safe.
+	FailureRefused
+)
 
 // Router picks the upstream for a request. It is called on the downstream
 // connection's goroutine, concurrently for different connections, and must

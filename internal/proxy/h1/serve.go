@@ -72,6 +72,10 @@ const defaultMaxHeaderBytes = 64 << 10
 //
 // After the response head was sent, an upstream failure closes c.
 //
+// A Decision with Traffic is carried out around the exchange (rewrites,
+// edits, delay, retries, mirror; see Traffic); its local replies are the
+// same, for the last attempt's failure.
+//
 // Request bodies are sent whole before the response is read, so an
 // upstream that answers early without reading the body, or echoes a body
 // larger than the socket buffers while still reading it, is not supported.
@@ -137,6 +141,7 @@ type conn struct {
 	buf  copyBuf
 	ip   string // client IP for X-Forwarded-For, computed once
 	x    Exchange
+	tx   trafficState
 
 	// readDeadline records that c has a read deadline to clear.
 	readDeadline bool
@@ -152,6 +157,9 @@ type conn struct {
 	mu       sync.Mutex
 	idle     bool
 	draining atomic.Bool
+	// wake, made on the first pause (Traffic's delay or backoff), is
+	// closed by drain so that a pause ends early.
+	wake chan struct{}
 }
 
 var connPool = sync.Pool{New: func() any {
@@ -175,6 +183,7 @@ func (cs *conn) reset() {
 		cs.rsp = nil
 	}
 	cs.ip, cs.upgraded, cs.readDeadline, cs.linger, cs.idle = "", nil, false, false, false
+	cs.wake = nil
 	cs.draining.Store(false)
 }
 
@@ -189,6 +198,9 @@ func (cs *conn) drain() {
 	cs.draining.Store(true)
 	if cs.idle {
 		_ = cs.c.SetReadDeadline(aLongTimeAgo)
+	}
+	if cs.wake != nil {
+		close(cs.wake)
 	}
 	cs.mu.Unlock()
 }
@@ -235,7 +247,7 @@ func (cs *conn) serve() error {
 		cs.head = head
 		if err != nil {
 			if se, ok := errors.AsType[*statusError](err); ok {
-				_ = cs.writeLocal(se.status, LocalBody(se.status), true, false)
+				_ = cs.writeLocal(se.status, LocalBody(se.status), true, false, nil)
 			} else if len(head) == 0 {
 				return nil // only empty lines before the client closed
 			}
@@ -247,7 +259,7 @@ func (cs *conn) serve() error {
 		}
 		if err := parseRequestHead(head, &cs.rh); err != nil {
 			status := errorStatus(err)
-			_ = cs.writeLocal(status, LocalBody(status), true, false)
+			_ = cs.writeLocal(status, LocalBody(status), true, false, nil)
 			return fmt.Errorf("parse request head: %w", err)
 		}
 		if cs.rh.upgrade || string(cs.rh.method) == "CONNECT" {
@@ -258,7 +270,7 @@ func (cs *conn) serve() error {
 				return ErrUpgrade
 			}
 			if string(cs.rh.method) == "CONNECT" {
-				_ = cs.writeLocal(http.StatusNotImplemented, LocalBody(http.StatusNotImplemented), true, false)
+				_ = cs.writeLocal(http.StatusNotImplemented, LocalBody(http.StatusNotImplemented), true, false, nil)
 				return nil
 			}
 		}
@@ -286,7 +298,7 @@ func (cs *conn) handle() (keep bool, err error) {
 		}
 		// An unread body would be taken for the next request: close.
 		keep = !rh.close && !rh.hasBody() && !cs.draining.Load()
-		err = cs.writeLocal(status, LocalBody(status), !keep, isHead(rh.method))
+		err = cs.writeLocal(status, LocalBody(status), !keep, isHead(rh.method), d.Header)
 		if d.Done != nil {
 			d.Done(status, nil)
 		}
@@ -294,24 +306,26 @@ func (cs *conn) handle() (keep bool, err error) {
 	}
 
 	var status int
+	var deadline time.Time
 	if d.Timeout > 0 {
 		// The deadline covers the downstream side too, so that a client
 		// trickling its body or not reading the response cannot hold an
 		// upstream connection past it.
-		deadline := time.Now().Add(d.Timeout)
+		deadline = time.Now().Add(d.Timeout)
 		_ = cs.c.SetDeadline(deadline)
 		cs.downDeadline = true
-		if d.Upstream != nil {
-			status, keep, err = cs.bridge(&d, deadline)
-		} else {
-			status, keep, err = cs.exchange(&d, deadline)
-		}
+	}
+	switch {
+	case d.Traffic != nil:
+		status, keep, err = cs.traffic(&d, deadline)
+	case d.Upstream != nil:
+		status, keep, err = cs.bridge(d.Addr, d.Upstream, deadline, nil)
+	default:
+		status, keep, err = cs.pooled(d.Addr, deadline, nil)
+	}
+	if cs.downDeadline {
 		_ = cs.c.SetDeadline(time.Time{})
 		cs.downDeadline = false
-	} else if d.Upstream != nil {
-		status, keep, err = cs.bridge(&d, time.Time{})
-	} else {
-		status, keep, err = cs.exchange(&d, time.Time{})
 	}
 	cs.buf.release()
 	if d.Done != nil {
@@ -320,37 +334,46 @@ func (cs *conn) handle() (keep bool, err error) {
 	return keep, err
 }
 
-// exchange forwards the current request to d.Addr and relays the response.
-// It returns the status sent downstream (the upstream's or a local reply's,
-// 0 if none was sent), whether the
+// pooled forwards the current request to addr over a pooled connection
+// and relays the response. It returns the status sent downstream (the
+// upstream's or a local reply's, 0 if none was sent), whether the
 // downstream connection may be kept, and the exchange's error.
-func (cs *conn) exchange(d *Decision, deadline time.Time) (status int, keep bool, err error) {
+//
+// With t (Decision.Traffic) it is one attempt of several: it applies the
+// rewrites and edits, hands the mirror its copy, and may instead set
+// t.again, having discarded the outcome and sent nothing downstream.
+func (cs *conn) pooled(addr string, deadline time.Time, t *trafficState) (status int, keep bool, err error) {
 	rh := &cs.rh
+	tr := t.traffic()
 	hasBody := rh.hasBody()
 	// A Content-Length body that already sits in br is written from there
-	// and consumed only once a response head arrived, so it can be sent
-	// again after a stale keep-alive connection failed.
+	// and consumed only once the outcome is final, so it can be sent
+	// again after a stale keep-alive connection failed (or for a retry).
 	replay := !hasBody || (!rh.chunked && !rh.expectContinue && int64(cs.br.Buffered()) >= rh.contentLength)
-	retry := replay && (!hasBody || idempotent(rh.method))
+	stale := replay && (!hasBody || idempotent(rh.method))
 	bodyDone := !hasBody
 
-	var uc *upConn
-	for attempt := 0; ; attempt++ {
-		var reused bool
-		uc, reused, err = cs.pool.get(d.Addr, deadline, attempt > 0)
+	// The outcome of an attempt that got no response head.
+	var (
+		failStatus int
+		failure    Failure
+		failErr    error
+	)
+	for sub := 0; ; sub++ {
+		uc, reused, err := cs.pool.get(addr, deadline, sub > 0)
 		if err != nil {
-			if replay && hasBody {
-				_, _ = cs.br.Discard(int(rh.contentLength))
-				bodyDone = true
-			}
-			status := http.StatusServiceUnavailable
+			failStatus, failure = http.StatusServiceUnavailable, FailureConnect
 			if !deadline.IsZero() && !time.Now().Before(deadline) {
-				status = http.StatusGatewayTimeout
+				failStatus, failure = http.StatusGatewayTimeout, FailureTimeout
 			}
-			return cs.fail(status, bodyDone, fmt.Errorf("connect upstream %s: %w", d.Addr, err))
+			failErr = fmt.Errorf("connect upstream %s: %w", addr, err)
+			if t != nil {
+				t.sent()
+			}
+			break
 		}
 		uc.setDeadline(deadline)
-		cs.writeRequestHead(uc.bw, d.Addr)
+		cs.writeRequestHead(uc.bw, addr, tr)
 
 		var rerr, werr error
 		switch {
@@ -382,94 +405,114 @@ func (cs *conn) exchange(d *Decision, deadline time.Time) (status int, keep bool
 		}
 		if rerr != nil {
 			cs.pool.discard(uc)
-			status := http.StatusBadRequest
-			if isTimeout(rerr) {
-				status = http.StatusRequestTimeout
-			}
-			sent := 0
-			if cs.writeLocal(status, LocalBody(status), true, false) == nil {
-				sent = status
-			}
-			return sent, false, fmt.Errorf("read request body: %w", rerr)
+			return cs.bodyFailed(rerr)
+		}
+		if t != nil {
+			t.sent()
 		}
 		if werr == nil {
 			var head []byte
 			head, err = readHead(uc.br, cs.rsp[:0], cs.opts.MaxHeaderBytes, false)
 			cs.rsp = head
 			if err == nil {
+				upErr, downErr := cs.finalHead(uc)
+				if downErr != nil {
+					cs.pool.discard(uc)
+					return cs.resp.status, false, downErr
+				}
+				if upErr == nil {
+					if t != nil && t.retry(cs.resp.status, FailureNone) {
+						cs.pool.discard(uc)
+						return 0, false, nil
+					}
+					if replay && hasBody {
+						_, _ = cs.br.Discard(int(rh.contentLength))
+					}
+					return cs.relay(addr, uc, t.respEdits())
+				}
+				cs.pool.discard(uc)
+				failStatus, failure = http.StatusBadGateway, FailureReset
+				if isTimeout(upErr) {
+					failStatus, failure = http.StatusGatewayTimeout, FailureTimeout
+				}
+				failErr = fmt.Errorf("read response head from %s: %w", addr, upErr)
 				break
 			}
 			werr = err
 			if len(head) > 0 {
-				retry = false // the upstream answered something
+				stale = false // the upstream answered something
 			}
 		}
 		cs.pool.discard(uc)
-		if reused && retry && attempt == 0 && !isTimeout(werr) {
+		if reused && stale && sub == 0 && !isTimeout(werr) {
 			continue // the classic stale keep-alive race: try a fresh one
 		}
-		if replay && hasBody {
-			_, _ = cs.br.Discard(int(rh.contentLength))
-			bodyDone = true
-		}
-		status := http.StatusBadGateway
+		failStatus, failure = http.StatusBadGateway, FailureReset
 		if isTimeout(werr) {
-			status = http.StatusGatewayTimeout
+			failStatus, failure = http.StatusGatewayTimeout, FailureTimeout
 		}
-		return cs.fail(status, bodyDone, fmt.Errorf("exchange with upstream %s: %w", d.Addr, werr))
+		failErr = fmt.Errorf("exchange with upstream %s: %w", addr, werr)
+		break
+	}
+	if t != nil && t.retry(0, failure) {
+		return 0, false, nil
 	}
 	if replay && hasBody {
 		_, _ = cs.br.Discard(int(rh.contentLength))
+		bodyDone = true
 	}
-	return cs.relay(d, uc)
+	return cs.fail(failStatus, bodyDone, failErr)
 }
 
 // fail answers locally for an exchange that got no response head, and
 // returns the status sent (0 if the reply could not be written).
 func (cs *conn) fail(status int, bodyDone bool, err error) (int, bool, error) {
 	keep := bodyDone && !cs.rh.close && !cs.draining.Load()
-	if werr := cs.writeLocal(status, LocalBody(status), !keep, isHead(cs.rh.method)); werr != nil {
+	if werr := cs.writeLocal(status, LocalBody(status), !keep, isHead(cs.rh.method), nil); werr != nil {
 		return 0, false, err
 	}
 	return status, keep, err
 }
 
-// relay sends the response whose head is in cs.rsp back downstream.
-func (cs *conn) relay(d *Decision, uc *upConn) (int, bool, error) {
+// errUnrequested101 is an upstream switching protocols unasked.
+var errUnrequested101 = errors.New("h1: unrequested 101 response")
+
+// finalHead parses the response head in cs.rsp, relaying 1xx heads
+// downstream and reading on until the final head, which cs.resp then
+// holds. upErr is the upstream's failure (malformed head, read error),
+// downErr a failed write of an interim response.
+func (cs *conn) finalHead(uc *upConn) (upErr, downErr error) {
 	rh, resp := &cs.rh, &cs.resp
 	for {
 		if err := parseResponseHead(cs.rsp, resp); err != nil {
-			cs.pool.discard(uc)
-			return cs.fail(http.StatusBadGateway, true, fmt.Errorf("read response head from %s: %w", d.Addr, err))
+			return err, nil
 		}
 		if resp.status >= 200 {
-			break
+			return nil, nil
 		}
 		if resp.status == http.StatusSwitchingProtocols {
-			cs.pool.discard(uc)
-			return cs.fail(http.StatusBadGateway, true, fmt.Errorf("read response head from %s: unrequested 101", d.Addr))
+			return errUnrequested101, nil
 		}
 		if rh.minor >= 1 { // 1xx must not reach an HTTP/1.0 client
 			cs.writeStatusLine()
-			cs.writeResponseFields()
+			cs.writeResponseFields(nil)
 			_, _ = cs.bw.WriteString("\r\n")
 			if err := cs.bw.Flush(); err != nil {
-				cs.pool.discard(uc)
-				return resp.status, false, fmt.Errorf("write interim response: %w", err)
+				return nil, fmt.Errorf("write interim response: %w", err)
 			}
 		}
 		head, err := readHead(uc.br, cs.rsp[:0], cs.opts.MaxHeaderBytes, false)
 		cs.rsp = head
 		if err != nil {
-			cs.pool.discard(uc)
-			status := http.StatusBadGateway
-			if isTimeout(err) {
-				status = http.StatusGatewayTimeout
-			}
-			return cs.fail(status, true, fmt.Errorf("read response head from %s: %w", d.Addr, err))
+			return err, nil
 		}
 	}
+}
 
+// relay sends the final response whose head is in cs.resp back
+// downstream, with edits applied to its fields.
+func (cs *conn) relay(addr string, uc *upConn, edits *HeaderEdits) (int, bool, error) {
+	rh, resp := &cs.rh, &cs.resp
 	status := resp.status
 	noBody := isHead(rh.method) || status == http.StatusNoContent || status == http.StatusNotModified
 	untilClose := !noBody && !resp.chunked && resp.contentLength < 0
@@ -477,7 +520,7 @@ func (cs *conn) relay(d *Decision, uc *upConn) (int, bool, error) {
 	closeDown := rh.close || untilClose || dechunk || cs.draining.Load()
 
 	cs.writeStatusLine()
-	cs.writeResponseFields()
+	cs.writeResponseFields(edits)
 	bw := cs.bw
 	switch {
 	case noBody:
@@ -510,11 +553,11 @@ func (cs *conn) relay(d *Decision, uc *upConn) (int, bool, error) {
 	if rerr != nil || werr != nil || resp.close || untilClose || uc.br.Buffered() > 0 {
 		cs.pool.discard(uc)
 	} else {
-		cs.pool.put(d.Addr, uc)
+		cs.pool.put(addr, uc)
 	}
 	switch {
 	case rerr != nil:
-		return status, false, fmt.Errorf("read response body from %s: %w", d.Addr, rerr)
+		return status, false, fmt.Errorf("read response body from %s: %w", addr, rerr)
 	case werr != nil:
 		return status, false, fmt.Errorf("write response: %w", werr)
 	}
@@ -523,22 +566,32 @@ func (cs *conn) relay(d *Decision, uc *upConn) (int, bool, error) {
 
 // writeRequestHead writes the current request's head for the upstream:
 // origin-form target, HTTP/1.1, Host first, end-to-end fields in order,
-// then the framing and forwarding fields this proxy owns.
-func (cs *conn) writeRequestHead(bw *bufio.Writer, addr string) {
+// then the framing and forwarding fields this proxy owns. tr, when set,
+// rewrites the target and Host and edits the end-to-end fields.
+func (cs *conn) writeRequestHead(bw *bufio.Writer, addr string, tr *Traffic) {
 	rh := &cs.rh
 	_, _ = bw.Write(rh.method)
 	_ = bw.WriteByte(' ')
-	if rh.slash {
+	switch {
+	case tr != nil && tr.Target != "":
+		_, _ = bw.WriteString(tr.Target)
+	case rh.slash:
 		_ = bw.WriteByte('/')
+		_, _ = bw.Write(rh.origin)
+	default:
+		_, _ = bw.Write(rh.origin)
 	}
-	_, _ = bw.Write(rh.origin)
 	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
-	if rh.hasHost || rh.absolute {
+	switch {
+	case tr != nil && tr.Host != "":
+		_, _ = bw.WriteString(tr.Host)
+	case rh.hasHost || rh.absolute:
 		_, _ = bw.Write(rh.host)
-	} else {
+	default:
 		_, _ = bw.WriteString(addr) // an HTTP/1.0 client sent none
 	}
 	_, _ = bw.WriteString("\r\n")
+	edits := tr.reqEdits()
 	for i := range rh.fields {
 		f := &rh.fields[i]
 		if f.hop {
@@ -555,7 +608,13 @@ func (cs *conn) writeRequestHead(bw *bufio.Writer, addr string) {
 			// (RFC 9110 7.6.1), and Expect was answered by us.
 			continue
 		}
+		if edits != nil && edits.drops(bstr(f.name)) {
+			continue
+		}
 		writeField(bw, f)
+	}
+	if edits != nil {
+		writeEdits(bw, edits, cs.opts.XForwardedFor)
 	}
 	if rh.chunked {
 		_, _ = bw.WriteString("Transfer-Encoding: chunked\r\n")
@@ -585,9 +644,10 @@ func (cs *conn) writeStatusLine() {
 	_, _ = cs.bw.WriteString("\r\n")
 }
 
-// writeResponseFields writes the response's end-to-end fields; framing and
-// connection management are the caller's.
-func (cs *conn) writeResponseFields() {
+// writeResponseFields writes the response's end-to-end fields, with edits
+// (nil: none) applied; framing and connection management are the
+// caller's.
+func (cs *conn) writeResponseFields(edits *HeaderEdits) {
 	for i := range cs.resp.fields {
 		f := &cs.resp.fields[i]
 		if f.hop {
@@ -598,7 +658,13 @@ func (cs *conn) writeResponseFields() {
 			kindProxyConnection, kindTE, kindUpgrade:
 			continue
 		}
+		if edits != nil && edits.drops(bstr(f.name)) {
+			continue
+		}
 		writeField(cs.bw, f)
+	}
+	if edits != nil {
+		writeEdits(cs.bw, edits, false)
 	}
 }
 
@@ -623,8 +689,9 @@ func writeInt(bw *bufio.Writer, n int64) {
 	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), n, 10))
 }
 
-// writeLocal sends a reply generated by the proxy and flushes it.
-func (cs *conn) writeLocal(status int, body string, closeConn, head bool) error {
+// writeLocal sends a reply generated by the proxy, with the extra fields
+// (Decision.Header; those the engine owns are left out), and flushes it.
+func (cs *conn) writeLocal(status int, body string, closeConn, head bool, extra []Field) error {
 	if cs.downDeadline {
 		// The exchange's deadline may be what failed it; the reply saying
 		// so must still go out.
@@ -636,6 +703,9 @@ func (cs *conn) writeLocal(status int, body string, closeConn, head bool) error 
 	_ = bw.WriteByte(' ')
 	_, _ = bw.WriteString(http.StatusText(status))
 	_, _ = bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\n")
+	if extra != nil {
+		writeExtra(bw, extra)
+	}
 	writeContentLength(bw, int64(len(body)))
 	if closeConn {
 		_, _ = bw.WriteString("Connection: close\r\n")
@@ -673,6 +743,12 @@ func LocalBody(status int) string {
 		return "request header fields too large\n"
 	case http.StatusNotImplemented:
 		return "not implemented\n"
+	case http.StatusTooManyRequests:
+		// Envoy's words for its local rate limit.
+		return "local_rate_limited"
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		return "" // a redirect says it all in Location, as Envoy's does
 	case http.StatusHTTPVersionNotSupported:
 		return "http version not supported\n"
 	}

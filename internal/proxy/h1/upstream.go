@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"time"
-	"unsafe"
 )
 
 // Upstream carries an exchange over something other than an HTTP/1.1
@@ -41,12 +40,19 @@ type Exchange struct {
 	cs       *conn
 	addr     string
 	deadline time.Time
+	// t is the exchange's traffic management (nil: none).
+	t *trafficState
 
 	// Request body state.
 	left     int64 // fixed length still to read
 	chunks   chunkedReader
 	bodyDone bool
 	bodyErr  error
+	// replay, when not nil, is the whole body, read from there (not from
+	// the connection) so that a retry can send it again; off is how much
+	// of it was read.
+	replay []byte
+	off    int
 
 	// Response state.
 	started  bool // status line written
@@ -57,6 +63,9 @@ type Exchange struct {
 	length   int64
 	written  int64
 	close    bool
+	// retrying: WriteHead decided on a retry; nothing was written and the
+	// Upstream's further writes fail with errRetry.
+	retrying bool
 }
 
 func (x *Exchange) reset(cs *conn, addr string, deadline time.Time) {
@@ -77,8 +86,12 @@ func (x *Exchange) Addr() string { return x.addr }
 // Method is the request method.
 func (x *Exchange) Method() string { return x.cs.req.Method }
 
-// Target is the request-target in origin-form ("/p?q").
+// Target is the request-target in origin-form ("/p?q"), as rewritten by
+// the route (Traffic.Target).
 func (x *Exchange) Target() string {
+	if t := x.t; t != nil && t.tr.Target != "" {
+		return t.tr.Target
+	}
 	rh := &x.cs.rh
 	if rh.slash {
 		return "/" + string(rh.origin)
@@ -86,8 +99,12 @@ func (x *Exchange) Target() string {
 	return bstr(rh.origin)
 }
 
-// Host is the request's authority, "" when an HTTP/1.0 client sent none.
+// Host is the request's authority, as rewritten by the route
+// (Traffic.Host); "" when an HTTP/1.0 client sent none.
 func (x *Exchange) Host() string {
+	if t := x.t; t != nil && t.tr.Host != "" {
+		return t.tr.Host
+	}
 	rh := &x.cs.rh
 	if rh.hasHost || rh.absolute {
 		return bstr(rh.host)
@@ -96,9 +113,15 @@ func (x *Exchange) Host() string {
 }
 
 // VisitFields calls fn for each end-to-end request field (hop-by-hop,
-// framing, Host and Expect left out) in order, until fn returns false.
-// The slices are valid during the Exchange call only.
+// framing, Host and Expect left out) in order, with the route's edits
+// applied (Traffic.RequestHeaders: the fields it sets or adds come last),
+// until fn returns false. The slices are valid during the Exchange call
+// only and must not be modified.
 func (x *Exchange) VisitFields(fn func(name, value []byte) bool) {
+	if x.t != nil {
+		x.cs.visitFields(x.t.tr.RequestHeaders, false, fn)
+		return
+	}
 	rh := &x.cs.rh
 	for i := range rh.fields {
 		f := &rh.fields[i]
@@ -134,6 +157,15 @@ func (x *Exchange) Read(p []byte) (int, error) {
 	}
 	if x.bodyErr != nil {
 		return 0, x.bodyErr
+	}
+	if x.replay != nil {
+		n := copy(p, x.replay[x.off:])
+		x.off += n
+		if x.off == len(x.replay) {
+			x.bodyDone = true
+			return n, io.EOF
+		}
+		return n, nil
 	}
 	cs := x.cs
 	if cs.rh.expectContinue {
@@ -173,11 +205,25 @@ func (x *Exchange) Read(p []byte) (int, error) {
 
 // WriteHead writes the response head: status line, the fields fields
 // yields (framing and connection-management fields are dropped; the
-// engine writes its own), then Content-Length when length >= 0, else
-// chunked framing for an HTTP/1.1 client. Nothing is flushed yet.
+// engine writes its own) with the route's edits applied, then
+// Content-Length when length >= 0, else chunked framing for an HTTP/1.1
+// client. Nothing is flushed yet.
+//
+// When the route retries responses of this status and may still do so,
+// WriteHead writes nothing: the response is discarded, and Write and
+// Flush fail from then on so that the Upstream stops and returns; the
+// engine then makes the next attempt.
 func (x *Exchange) WriteHead(status int, length int64, fields func(yield func(name, value string) bool)) {
+	if t := x.t; t != nil {
+		t.sent()
+		if t.retry(status, FailureNone) {
+			x.retrying = true
+			return
+		}
+	}
 	cs := x.cs
 	rh := &cs.rh
+	edits := x.t.respEdits()
 	x.started, x.status, x.length = true, status, length
 	x.noBody = isHead(rh.method) || status == http.StatusNoContent || status == http.StatusNotModified
 	raw := !x.noBody && length < 0 && rh.minor == 0 // HTTP/1.0: body until close
@@ -191,15 +237,18 @@ func (x *Exchange) WriteHead(status int, length int64, fields func(yield func(na
 	_, _ = bw.WriteString(http.StatusText(status))
 	_, _ = bw.WriteString("\r\n")
 	for name, value := range fields {
-		switch classify(unsafe.Slice(unsafe.StringData(name), len(name))) {
+		switch classify(sbytes(name)) {
 		case kindOther, kindXForwardedFor:
 		default:
 			continue
 		}
-		_, _ = bw.WriteString(name)
-		_, _ = bw.WriteString(": ")
-		_, _ = bw.WriteString(value)
-		_, _ = bw.WriteString("\r\n")
+		if edits != nil && edits.drops(name) {
+			continue
+		}
+		writeStringField(bw, name, value)
+	}
+	if edits != nil {
+		writeEdits(bw, edits, false)
 	}
 	switch {
 	case x.noBody:
@@ -224,6 +273,9 @@ var errBodyLength = errors.New("h1: response body does not match its content-len
 // Write writes response body bytes (chunk-encoded when the head said
 // so). Writes to a response without body are dropped.
 func (x *Exchange) Write(p []byte) (int, error) {
+	if x.retrying {
+		return 0, errRetry
+	}
 	if x.noBody || len(p) == 0 {
 		return len(p), nil
 	}
@@ -248,15 +300,32 @@ func (x *Exchange) Write(p []byte) (int, error) {
 }
 
 // Flush sends what was written so far to the client.
-func (x *Exchange) Flush() error { return x.cs.bw.Flush() }
+func (x *Exchange) Flush() error {
+	if x.retrying {
+		return errRetry
+	}
+	return x.cs.bw.Flush()
+}
 
-// bridge runs an exchange through d.Upstream. It returns what exchange
-// returns.
-func (cs *conn) bridge(d *Decision, deadline time.Time) (status int, keep bool, err error) {
+// bridge runs an exchange through up (the endpoint addr names). It returns
+// what pooled returns and, with t, makes one attempt as pooled does.
+func (cs *conn) bridge(addr string, up Upstream, deadline time.Time, t *trafficState) (status int, keep bool, err error) {
 	x := &cs.x
-	x.reset(cs, d.Addr, deadline)
-	defer func() { x.cs = nil }()
-	err = d.Upstream.Exchange(x)
+	x.reset(cs, addr, deadline)
+	if t != nil {
+		x.t = t
+		if t.body != nil {
+			x.replay, x.bodyDone = t.body, false
+		}
+	}
+	defer func() { x.cs, x.t, x.replay = nil, nil, nil }()
+	err = up.Exchange(x)
+	if x.retrying {
+		return 0, false, nil
+	}
+	if t != nil {
+		t.sent()
+	}
 	if err == nil && !x.headDone {
 		err = errors.New("h1: upstream wrote no response")
 	}
@@ -265,26 +334,27 @@ func (cs *conn) bridge(d *Decision, deadline time.Time) (status int, keep bool, 
 	}
 	if err != nil {
 		if x.started {
-			return x.status, false, fmt.Errorf("exchange with upstream %s: %w", d.Addr, err)
+			return x.status, false, fmt.Errorf("exchange with upstream %s: %w", addr, err)
 		}
 		if x.bodyErr != nil {
-			status := http.StatusBadRequest
-			if isTimeout(x.bodyErr) {
-				status = http.StatusRequestTimeout
-			}
-			sent := 0
-			if cs.writeLocal(status, LocalBody(status), true, false) == nil {
-				sent = status
-			}
-			return sent, false, fmt.Errorf("read request body: %w", x.bodyErr)
+			return cs.bodyFailed(x.bodyErr)
 		}
-		status := http.StatusBadGateway
+		status, failure := http.StatusBadGateway, FailureReset
 		if ue, ok := errors.AsType[*UpstreamError](err); ok {
 			status = ue.Status
 		} else if isTimeout(err) {
 			status = http.StatusGatewayTimeout
 		}
-		return cs.fail(status, x.bodyDone, fmt.Errorf("exchange with upstream %s: %w", d.Addr, err))
+		switch status {
+		case http.StatusServiceUnavailable:
+			failure = FailureConnect
+		case http.StatusGatewayTimeout:
+			failure = FailureTimeout
+		}
+		if t != nil && t.retry(0, failure) {
+			return 0, false, nil
+		}
+		return cs.fail(status, t.consumeBody(x.bodyDone), fmt.Errorf("exchange with upstream %s: %w", addr, err))
 	}
 	if x.chunkOut {
 		_, _ = cs.bw.WriteString("0\r\n\r\n")
@@ -292,5 +362,5 @@ func (cs *conn) bridge(d *Decision, deadline time.Time) (status int, keep bool, 
 	if err := cs.bw.Flush(); err != nil {
 		return x.status, false, fmt.Errorf("write response: %w", err)
 	}
-	return x.status, !x.close && x.bodyDone, nil
+	return x.status, !x.close && t.consumeBody(x.bodyDone), nil
 }
