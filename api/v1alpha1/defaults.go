@@ -209,6 +209,9 @@ func defaultWorkload(w *Workload) {
 			u.Service += "." + w.Namespace
 		}
 	}
+	if w.Spec.HTTPProxy != nil && w.Spec.HTTPProxy.Address == "" {
+		w.Spec.HTTPProxy.Address = "127.0.0.1"
+	}
 }
 
 func defaultHTTPRoute(r *HTTPRoute) {

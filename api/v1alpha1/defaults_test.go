@@ -94,6 +94,7 @@ spec:
   upstreams:
   - {service: backend, port: 80, localPort: 8080}
   - {service: db.data, port: 5432, localPort: 5432, localAddress: 127.0.0.2}
+  httpProxy: {port: 15080}
 `,
 			want: &Workload{
 				TypeMeta:   metav1.TypeMeta{APIVersion: "verge.dev/v1alpha1", Kind: "Workload"},
@@ -106,6 +107,7 @@ spec:
 						{Service: "backend.shop", Port: 80, LocalPort: 8080, LocalAddress: "127.0.0.1"},
 						{Service: "db.data", Port: 5432, LocalPort: 5432, LocalAddress: "127.0.0.2"},
 					},
+					HTTPProxy: &WorkloadHTTPProxy{Port: 15080, Address: "127.0.0.1"},
 				},
 			},
 		},

@@ -100,6 +100,19 @@ type WorkloadSpec struct {
 	// Upstreams are the outbound listeners the workload's proxy opens, one
 	// local port per service port it calls.
 	Upstreams []Upstream `json:"upstreams,omitempty"`
+	// HTTPProxy, when set, opens an outbound listener for applications
+	// that set HTTP_PROXY: absolute-form requests and CONNECT tunnels to
+	// NAME.NAMESPACE.mesh[:PORT] reach that service port.
+	HTTPProxy *WorkloadHTTPProxy `json:"httpProxy,omitempty"`
+}
+
+// WorkloadHTTPProxy is the proxy's HTTP_PROXY listener. It only forwards to
+// mesh service names; any other host is refused, so it is not an open proxy.
+type WorkloadHTTPProxy struct {
+	// Port is the listener's port (1-65535).
+	Port int32 `json:"port"`
+	// Address defaults to 127.0.0.1.
+	Address string `json:"address,omitempty"`
 }
 
 // WorkloadPort is a port the application serves.
@@ -223,7 +236,10 @@ type ConsistentHash struct {
 	Cookie *HashCookie `json:"cookie,omitempty"`
 	// SourceIP hashes the caller's address.
 	SourceIP bool `json:"sourceIP,omitempty"`
-	// MinimumRingSize is RingHash's (default 1024, at most 8388608).
+	// MinimumRingSize is the RingHash ring's size with eight equal
+	// endpoints (default 1024, at most 8388608): each endpoint gets
+	// MinimumRingSize/8 points per unit of weight, however many endpoints
+	// there are, so one leaving moves only its own keys.
 	MinimumRingSize int64 `json:"minimumRingSize,omitempty"`
 }
 

@@ -163,6 +163,18 @@ func validateWorkloadSpec(s *WorkloadSpec, p *field.Path) field.ErrorList {
 		local[u.LocalPort] = true
 		errs = append(errs, ipAddress(up.Child("localAddress"), u.LocalAddress)...)
 	}
+	if hp := s.HTTPProxy; hp != nil {
+		pp := p.Child("httpProxy")
+		errs = append(errs, portNumber(pp.Child("port"), hp.Port)...)
+		errs = append(errs, ipAddress(pp.Child("address"), hp.Address)...)
+		// An upstream on the same socket would fail to bind on the proxy.
+		for _, u := range s.Upstreams {
+			if u.LocalPort == hp.Port && u.LocalAddress == hp.Address {
+				errs = append(errs, field.Duplicate(pp.Child("port"), hp.Port))
+				break
+			}
+		}
+	}
 	return errs
 }
 

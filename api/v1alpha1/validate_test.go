@@ -160,6 +160,44 @@ spec:
 			},
 		},
 		{
+			name: "workload http proxy",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: Workload
+metadata: {name: w}
+spec:
+  address: 10.0.0.1
+  upstreams:
+  - {service: a, port: 80, localPort: 15080}
+  httpProxy: {port: 15080}
+`,
+			want: []string{`spec.httpProxy.port: Duplicate value: 15080`},
+		},
+		{
+			name: "workload http proxy out of range",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: Workload
+metadata: {name: w}
+spec:
+  address: 10.0.0.1
+  httpProxy: {port: 70000, address: nope}
+`,
+			want: []string{
+				`spec.httpProxy.port: Invalid value: 70000: must be between 1 and 65535`,
+				`spec.httpProxy.address: Invalid value: "nope": must be an IP address`,
+			},
+		},
+		{
+			name: "workload http proxy without port",
+			in: `apiVersion: verge.dev/v1alpha1
+kind: Workload
+metadata: {name: w}
+spec:
+  address: 10.0.0.1
+  httpProxy: {}
+`,
+			want: []string{`spec.httpProxy.port: Required value`},
+		},
+		{
 			name: "workload without address",
 			in:   "apiVersion: verge.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {}\n",
 			want: []string{`spec.address: Required value`},

@@ -43,8 +43,11 @@ func (p *Proxy) AdminHandler(src AdminSources) http.Handler {
 			Snapshot  *config.Snapshot `json:"snapshot"`
 			Listeners []listener       `json:"listeners"`
 			Ready     bool             `json:"ready"`
-			Status    any              `json:"status,omitempty"`
-		}{Ready: p.Ready(), Listeners: []listener{}}
+			// Clusters is the live balancing and protection state
+			// (guard_status.go).
+			Clusters []clusterStatus `json:"clusters"`
+			Status   any             `json:"status,omitempty"`
+		}{Ready: p.Ready(), Listeners: []listener{}, Clusters: p.clusterStatuses()}
 		if st := p.state.Load(); st != nil {
 			dump.Snapshot = st.snap
 		}

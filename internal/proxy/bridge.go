@@ -215,6 +215,16 @@ func (b bridgeConn) ServeStream(s *h2.Stream) {
 		p.metrics.request(stat, "", dr.Status)
 		return
 	}
+	if (rte.traffic != nil && rte.traffic.limit != nil) || lcfg.Traffic != nil {
+		// Inbound admission (route_traffic_bridge.go).
+		release, ok := b.admit(s, lcfg, stat, rte)
+		if !ok {
+			return
+		}
+		if release != nil {
+			defer release()
+		}
+	}
 	cl := rte.pickCluster()
 	if cl == nil {
 		localReply(s, http.StatusServiceUnavailable, h1.LocalBody(http.StatusServiceUnavailable))

@@ -15,6 +15,7 @@ import (
 
 	"verge.dev/verge/internal/proxy/balancer"
 	"verge.dev/verge/internal/proxy/h1"
+	"verge.dev/verge/internal/proxy/resilience"
 )
 
 // failure is why the proxy answered a request itself.
@@ -103,6 +104,11 @@ func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.l.maybeUpgradeH2C(w, r, h) {
 		return
 	}
+	if r.Method == http.MethodConnect {
+		// HTTP_PROXY tunnels (connect.go); the h1 engine hands CONNECT here.
+		h.serveConnect(w, r)
+		return
+	}
 	p := h.p
 	lcfg := h.l.cfg.Load()
 	stat := statName(lcfg)
@@ -117,8 +123,9 @@ func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := p.state.Load()
 	rt := st.routes[lcfg.RouteName]
 	var rte *route
+	var head requestHead
 	if rt != nil {
-		head := requestHead{method: r.Method, host: r.Host, path: pathOf(r), query: r.URL.RawQuery, header: stdHeaders(r.Header)}
+		head = requestHead{method: r.Method, host: r.Host, path: pathOf(r), query: r.URL.RawQuery, header: stdHeaders(r.Header)}
 		rte = rt.match(&head)
 	}
 	if rte == nil {
@@ -134,18 +141,37 @@ func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.metrics.request(stat, "", dr.Status)
 		return
 	}
+	if rte.traffic != nil || lcfg.Traffic != nil {
+		// Redirect, rate limit, shedding and faults (route_traffic_http.go).
+		end, ok := h.admit(w, r, grpc, stat, lcfg, rte, &head)
+		if !ok {
+			return
+		}
+		defer end()
+	}
 	cl := rte.pickCluster()
 	if cl == nil {
 		h.fail(w, r, grpc, stat, "", failNoEndpoint)
 		return
 	}
-	ep := cl.bal.Pick()
+	if !cl.guard.admit() {
+		// The cluster's breaker is open (Envoy's response flag UO).
+		h.fail(w, r, grpc, stat, cl.name, failNoEndpoint)
+		return
+	}
+	defer cl.guard.done()
+	var ep *balancer.Endpoint
+	var setCookie string
+	if rtf := rte.traffic; rtf != nil && len(rtf.hash) > 0 {
+		ep, setCookie = pickByHash(rtf, cl, r)
+	} else {
+		ep = cl.bal.Pick()
+	}
 	if ep == nil {
 		h.fail(w, r, grpc, stat, cl.name, failNoEndpoint)
 		return
 	}
-	defer ep.Done()
-	h.forward(w, r, grpc, stat, rte, cl, ep)
+	h.forward(w, r, grpc, stat, rte, cl, ep, setCookie)
 }
 
 func (h listenerHandler) fail(w http.ResponseWriter, r *http.Request, grpc bool, stat, clusterName string, f failure) {
@@ -173,7 +199,12 @@ func (h listenerHandler) fail(w http.ResponseWriter, r *http.Request, grpc bool,
 	h.p.metrics.request(stat, clusterName, status)
 }
 
-func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bool, stat string, rte *route, cl *cluster, ep *balancer.Endpoint) {
+// forward sends r to ep, and to other endpoints of cl while the route's
+// retry policy says so, and relays the final response. It owns ep: every
+// attempt's endpoint is reported to the cluster's guard (which ends its
+// in-flight count). setCookie, when not empty, is added to the response
+// (a hash policy's new affinity cookie).
+func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bool, stat string, rte *route, cl *cluster, ep *balancer.Endpoint, setCookie string) {
 	ctx := r.Context()
 	if rte.timeout > 0 {
 		var cancel context.CancelFunc
@@ -203,48 +234,116 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 	if r.ContentLength == 0 {
 		body = http.NoBody
 	}
-	// A TLS endpoint is a peer proxy: HTTP/2 over mutual TLS, whatever the
-	// application spoke. Others get the cluster's own protocol.
-	tr, scheme := http.RoundTripper(nil), "http"
-	if cl.isTLS(ep.Address) {
-		if cl.tls.err != nil {
-			h.p.warnOnce("cluster/"+cl.name, "tls endpoints not reached", "cluster", cl.name, "error", cl.tls.err)
-			h.fail(w, r, grpc, stat, cl.name, failUpstream)
-			return
+	rtf := rte.traffic
+	path, rawPath, host := r.URL.Path, r.URL.RawPath, r.Host
+	var replay *replayBody
+	if rtf != nil {
+		applyEdits(r.Header, rtf.reqEdits)
+		if rw := rtf.rewrite; rw != nil {
+			path, rawPath = rewriteURLPath(rw, r.URL)
+			if rw.Host != "" {
+				host = rw.Host
+			}
 		}
-		tr, scheme = cl.tls.transport(), "https"
-	} else {
-		tr = cl.up.transport()
+		if (rtf.attempts > 0 || len(rtf.mirrors) > 0) && r.ContentLength != 0 && r.ContentLength <= maxRetryBody {
+			replay = &replayBody{src: r.Body}
+		}
 	}
-	out := &http.Request{
-		Method: r.Method,
-		URL: &url.URL{Scheme: scheme, Host: ep.Address, Path: r.URL.Path, RawPath: r.URL.RawPath,
-			RawQuery: r.URL.RawQuery},
-		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header:        r.Header,
-		Body:          body,
-		ContentLength: r.ContentLength,
-		Host:          r.Host,
-		// The server fills r.Trailer's values once the body is read to EOF,
-		// which is before the Transport sends trailers, so sharing the map
-		// carries request trailers through.
-		Trailer: r.Trailer,
-	}
-	out = out.WithContext(ctx)
 
-	res, err := tr.RoundTrip(out)
-	if err != nil {
-		f := classify(ctx, err)
-		if r.Context().Err() != nil {
-			// The client left; nobody reads the answer.
-			h.p.metrics.request(stat, cl.name, 499)
+	// start is when ep's attempt began; retried is set while ep's attempt
+	// is a retry holding a guard retry slot.
+	start := time.Now()
+	retried := false
+	status, fl := 0, resilience.FailureNone
+	defer func() {
+		if ep != nil {
+			cl.guard.report(ep, status, fl, time.Since(start))
+		}
+		if retried {
+			cl.guard.retryDone()
+		}
+	}()
+	var res *http.Response
+	for attempt := 0; ; attempt++ {
+		// A TLS endpoint is a peer proxy: HTTP/2 over mutual TLS,
+		// whatever the application spoke. Others get the cluster's own
+		// protocol.
+		tr, scheme := http.RoundTripper(nil), "http"
+		if cl.isTLS(ep.Address) {
+			if cl.tls.err != nil {
+				h.p.warnOnce("cluster/"+cl.name, "tls endpoints not reached", "cluster", cl.name, "error", cl.tls.err)
+				fl = resilience.FailureConnect
+				h.fail(w, r, grpc, stat, cl.name, failUpstream)
+				return
+			}
+			tr, scheme = cl.tls.transport(), "https"
+		} else {
+			tr = cl.up.transport()
+		}
+		b := body
+		if replay != nil {
+			b = replay.reader()
+		}
+		out := &http.Request{
+			Method: r.Method,
+			URL:    &url.URL{Scheme: scheme, Host: ep.Address, Path: path, RawPath: rawPath, RawQuery: r.URL.RawQuery},
+			Proto:  "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header:        r.Header,
+			Body:          b,
+			ContentLength: r.ContentLength,
+			Host:          host,
+			// The server fills r.Trailer's values once the body is read to
+			// EOF, which is before the Transport sends trailers, so sharing
+			// the map carries request trailers through.
+			Trailer: r.Trailer,
+		}
+		actx, perTry := ctx, (*perTryTimer)(nil)
+		if rtf != nil && rtf.perTry > 0 {
+			actx, perTry = startPerTry(ctx, rtf.perTry)
+		}
+		start = time.Now()
+		var err error
+		res, err = tr.RoundTrip(out.WithContext(actx))
+		timedOut := perTry.stop(err == nil)
+		grpcStatus := resilience.GRPCStatusNone
+		var f failure
+		if err != nil {
+			if r.Context().Err() != nil {
+				// The client left; nobody reads the answer.
+				h.p.metrics.request(stat, cl.name, 499)
+				status, fl = 0, resilience.FailureReset
+				return
+			}
+			f = classify(actx, err)
+			if timedOut {
+				f = failTimeout
+			}
+			status, fl = 0, failureOfLocal(f)
+			if h.p.log.Enabled(ctx, slog.LevelDebug) {
+				h.p.log.Debug("upstream request failed", "cluster", cl.name, "endpoint", ep.Address, "error", err)
+			}
+		} else {
+			status, fl = res.StatusCode, resilience.FailureNone
+			grpcStatus = resilience.GRPCStatus(nil, res.Header)
+		}
+		if attempt == 0 && rtf != nil && len(rtf.mirrors) > 0 {
+			h.mirror(r, rtf, path, rawPath, host, replay)
+		}
+		if rtf != nil && attempt < rtf.attempts && rtf.retry(status, grpcStatus, fl) && ctx.Err() == nil {
+			if next, ok := h.retry(ctx, cl, rtf, attempt+1, replay, r.ContentLength, ep, status, fl, start, &retried); ok {
+				if res != nil {
+					res.Body.Close()
+				}
+				ep, body, status, fl = next, http.NoBody, 0, resilience.FailureNone
+				h.p.trafficMetrics.retries.WithLabelValues(stat, cl.name).Inc()
+				continue
+			}
+		}
+		if err != nil {
+			h.fail(w, r, grpc, stat, cl.name, f)
 			return
 		}
-		if h.p.log.Enabled(ctx, slog.LevelDebug) {
-			h.p.log.Debug("upstream request failed", "cluster", cl.name, "endpoint", ep.Address, "error", err)
-		}
-		h.fail(w, r, grpc, stat, cl.name, f)
-		return
+		break
 	}
 	defer res.Body.Close()
 
@@ -252,6 +351,12 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 	hd := w.Header()
 	for k, vv := range res.Header {
 		hd[k] = vv
+	}
+	if rtf != nil {
+		applyEdits(hd, rtf.respEdits)
+	}
+	if setCookie != "" {
+		hd.Add("Set-Cookie", setCookie)
 	}
 	// Announce the trailers the upstream declared, and drop a Content-Length
 	// so an HTTP/1.1 client gets a chunked body that can carry them.
@@ -276,6 +381,7 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 		if h.p.log.Enabled(ctx, slog.LevelDebug) {
 			h.p.log.Debug("response body copy ended", "cluster", cl.name, "endpoint", ep.Address, "error", err)
 		}
+		fl = resilience.FailureReset
 		panic(http.ErrAbortHandler)
 	}
 	// Trailers (gRPC's status among them) arrive with the body's EOF.

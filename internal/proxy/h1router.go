@@ -30,9 +30,10 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 	st := p.state.Load()
 	rt := st.routes[lcfg.RouteName]
 	var rte *route
+	var head requestHead
 	if rt != nil {
 		_, query, _ := strings.Cut(req.Target, "?")
-		head := requestHead{method: req.Method, host: req.Host, path: req.Path, query: query, header: funcHeaders(req.Header)}
+		head = requestHead{method: req.Method, host: req.Host, path: req.Path, query: query, header: funcHeaders(req.Header)}
 		rte = rt.match(&head)
 	}
 	if rte == nil {
@@ -42,6 +43,11 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 	if dr := rte.cfg.DirectResponse; dr != nil {
 		p.metrics.request(stat, "", dr.Status)
 		return h1.Decision{Status: dr.Status}
+	}
+	if rte.traffic != nil || lcfg.Traffic != nil || rte.guarded {
+		// Traffic management has its own path (h1router_traffic.go), so
+		// that routes without it keep this one's cost.
+		return r.routeTraffic(req, lcfg, stat, &head, rte)
 	}
 	cl := rte.pickCluster()
 	if cl == nil {

@@ -107,6 +107,10 @@ type Proxy struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	// guardMetrics (guard.go) and trafficMetrics (route_traffic.go) are
+	// the series of issue 5's traffic management.
+	guardMetrics   *guardMetrics
+	trafficMetrics *trafficMetrics
 
 	// state is the published, immutable view the request path reads.
 	state atomic.Pointer[state]
@@ -155,8 +159,11 @@ type cluster struct {
 // cluster keeps its name (and, for the upstream, its protocol and connect
 // timeout).
 type pool struct {
-	name           string
-	lb             config.LBPolicy
+	name string
+	lb   config.LBPolicy
+	// ringMin is the balancer's RingHashMinSize; with lb, what a new
+	// balancer is made for when it changes.
+	ringMin        uint64
 	bal            balancer.Balancer
 	protocol       config.UpstreamProtocol
 	connectTimeout time.Duration
@@ -166,6 +173,9 @@ type pool struct {
 	// tls reaches the cluster's TLS endpoints; nil when it has no TLS
 	// settings. Shared like up while the settings stay the same.
 	tls *tlsUpstream
+	// guard is the cluster's breaker, retry budget, outlier detection and
+	// health checks (guard.go); nil when the cluster has none.
+	guard *clusterGuard
 }
 
 // upstream is a cluster's net/http connection pool, built on first use.
@@ -200,6 +210,8 @@ func New(cfg Config, logger *slog.Logger) *Proxy {
 		notify:  make(chan struct{}, 1),
 		pools:   map[string]*pool{},
 	}
+	p.guardMetrics = newGuardMetrics(p.metrics.reg)
+	p.trafficMetrics = newTrafficMetrics(p.metrics.reg)
 	if !p.cfg.DisableH1FastPath {
 		gauge := p.metrics.h1UpstreamActive
 		opened := p.metrics.h1UpstreamOpened
@@ -236,9 +248,13 @@ func New(cfg Config, logger *slog.Logger) *Proxy {
 func (p *Proxy) Update(s *config.Snapshot) {
 	p.updateMu.Lock()
 	p.setRevoked(revokedFrom(s))
-	st := p.compileLocked(s)
+	st, retired := p.compileLocked(s)
 	p.state.Store(st)
 	p.updateMu.Unlock()
+	// Outside updateMu: stopping waits for health checks in flight.
+	for _, g := range retired {
+		g.stop()
+	}
 	if p.h1Pool != nil {
 		// Outside updateMu: closing sockets is I/O. Two racing Updates
 		// may retain in the wrong order; that costs a redial, or an idle
@@ -262,24 +278,37 @@ func endpointAddrs(s *config.Snapshot) map[string]struct{} {
 	return addrs
 }
 
-func (p *Proxy) compileLocked(s *config.Snapshot) *state {
+// compileLocked builds the state of s and carries the per-cluster pools
+// and guards over. It returns the guards of clusters that lost theirs (the
+// cluster left, or its traffic settings did), already marked stopped, for
+// the caller to stop once it released updateMu.
+func (p *Proxy) compileLocked(s *config.Snapshot) (*state, []*clusterGuard) {
 	st := &state{snap: s, routes: map[string]*routeTable{}, clusters: map[string]*cluster{}}
 	next := make(map[string]*pool, len(s.Clusters))
+	var retired []*clusterGuard
 	for name, cc := range s.Clusters {
 		pl := p.pools[name]
 		ct := cc.ConnectTimeout
 		if ct <= 0 {
 			ct = DefaultConnectTimeout
 		}
+		var ringMin uint64
+		if cc.Traffic != nil {
+			ringMin = cc.Traffic.RingHashMinSize
+		}
+		newBalancer := func() balancer.Balancer {
+			return balancer.NewWithOptions(cc.LB, cc.Endpoints, balancer.Options{RingHashMinSize: ringMin})
+		}
 		switch {
 		case pl == nil:
-			pl = &pool{name: name, lb: cc.LB, bal: balancer.New(cc.LB, cc.Endpoints)}
-		case pl.lb != cc.LB:
-			// A new policy starts fresh counters; the old pool's upstream
-			// is carried over below when compatible.
+			pl = &pool{name: name, lb: cc.LB, ringMin: ringMin, bal: newBalancer()}
+		case pl.lb != cc.LB || pl.ringMin != ringMin:
+			// A new policy or ring starts fresh counters; the old pool's
+			// upstream is carried over below when compatible, its guard
+			// moves its verdicts to the new balancer's endpoints.
 			old := pl
-			pl = &pool{name: name, lb: cc.LB, bal: balancer.New(cc.LB, cc.Endpoints),
-				protocol: old.protocol, connectTimeout: old.connectTimeout, up: old.up, tls: old.tls}
+			pl = &pool{name: name, lb: cc.LB, ringMin: ringMin, bal: newBalancer(),
+				protocol: old.protocol, connectTimeout: old.connectTimeout, up: old.up, tls: old.tls, guard: old.guard}
 		default:
 			pl.bal.Update(cc.Endpoints)
 			// Copy so the pool published in the previous state stays
@@ -314,23 +343,54 @@ func (p *Proxy) compileLocked(s *config.Snapshot) *state {
 				pl.tls = p.newTLSUpstream(name, cc.TLS, ct)
 			}
 		}
+		tlsAddrs := tlsEndpoints(cc)
+		switch {
+		case cc.Traffic == nil && pl.guard != nil:
+			pl.guard.stopped = true
+			pl.guard.detach()
+			retired = append(retired, pl.guard)
+			pl.guard = nil
+			p.guardMetrics.deleteCluster(name)
+		case cc.Traffic != nil:
+			if pl.guard == nil {
+				pl.guard = p.newClusterGuard(name, cc.Traffic)
+			}
+			pl.guard.reconfigureLocked(cc.Traffic, pl.bal, pl.tls, tlsAddrs)
+		}
 		next[name] = pl
-		st.clusters[name] = &cluster{cfg: cc, pool: pl, tlsAddrs: tlsEndpoints(cc)}
+		st.clusters[name] = &cluster{cfg: cc, pool: pl, tlsAddrs: tlsAddrs}
 	}
 	for name, old := range p.pools {
 		if _, ok := next[name]; !ok {
 			old.up.closeIdle()
 			old.tls.closeIdle()
+			if old.guard != nil {
+				old.guard.stopped = true
+				retired = append(retired, old.guard)
+			}
 			// Cluster names come and go with services; without this
 			// their series would be exported forever.
 			p.metrics.deleteCluster(name)
+			p.guardMetrics.deleteCluster(name)
 		}
 	}
 	p.pools = next
 	for name, rt := range s.Routes {
 		st.routes[name] = compileRouteTable(rt, st.clusters)
 	}
-	return st
+	return st, retired
+}
+
+// startGuards starts the goroutines of the guards that are not running
+// yet, under ctx. Run calls it after each snapshot.
+func (p *Proxy) startGuards(ctx context.Context) {
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
+	for _, pl := range p.pools {
+		if pl.guard != nil {
+			pl.guard.start(ctx)
+		}
+	}
 }
 
 // newUpstream returns a cluster's upstream pool, whose transport is built
@@ -431,6 +491,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	retryT.Stop()
 	defer retryT.Stop()
 	apply := func() {
+		// Guards sweep and health-check only while Run runs; shutdown
+		// stops them.
+		p.startGuards(ctx)
 		failed := p.reconcile(lctx, &wg, open)
 		p.ready.Store(failed == 0)
 		if failed == 0 {
@@ -485,11 +548,19 @@ func (p *Proxy) shutdown(wg *sync.WaitGroup, open map[listenerKey]running) {
 	}
 	wg.Wait()
 	p.updateMu.Lock()
+	var guards []*clusterGuard
 	for _, pl := range p.pools {
 		pl.up.closeIdle()
 		pl.tls.close()
+		if pl.guard != nil && !pl.guard.stopped {
+			pl.guard.stopped = true
+			guards = append(guards, pl.guard)
+		}
 	}
 	p.updateMu.Unlock()
+	for _, g := range guards {
+		g.stop()
+	}
 	if p.h1Pool != nil {
 		p.h1Pool.Close()
 	}

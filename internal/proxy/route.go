@@ -55,6 +55,12 @@ type route struct {
 	// regexPrefix is a literal every path matching an anchored Regex starts
 	// with; checking it first skips most regex runs.
 	regexPrefix string
+	// traffic is the route's traffic management (route_traffic.go); nil
+	// for a route without any, whose requests take the plain path.
+	traffic *routeTraffic
+	// guarded is set when one of the route's clusters has a guard
+	// (breaker, outlier detection), which the h1 fast path then feeds.
+	guarded bool
 }
 
 type headerMatch struct {
@@ -71,6 +77,9 @@ func compileRouteTable(rt *config.RouteTable, clusters map[string]*cluster) *rou
 		vh := &vhost{name: cvh.Name}
 		for _, cr := range cvh.Routes {
 			r := &route{cfg: cr, name: cr.Name, timeout: cr.Timeout}
+			// The xDS client validated the section; a part the primitives
+			// still refuse is left out and the rest applies.
+			r.traffic, _ = compileRouteTraffic(cr.Traffic)
 			if re := cr.Match.Regex; re != nil && strings.HasPrefix(re.String(), "^") {
 				r.regexPrefix, _ = re.LiteralPrefix()
 			}
@@ -93,6 +102,9 @@ func compileRouteTable(rt *config.RouteTable, clusters map[string]*cluster) *rou
 				}
 				if c != nil && c.tlsAddrs != nil {
 					t.tlsEndpoints = true
+				}
+				if c != nil && c.guard != nil {
+					r.guarded = true
 				}
 			}
 			vh.routes = append(vh.routes, r)

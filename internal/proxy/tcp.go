@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/proxy/ratelimit"
+	"verge.dev/verge/internal/proxy/resilience"
 )
 
 // tcpListener proxies each accepted connection to an endpoint of its
@@ -22,6 +24,9 @@ type tcpListener struct {
 	// tls serves the listener's mutual TLS (ALPN "verge-tcp" between
 	// proxies) when its config has a TLS context.
 	tls downstreamTLS
+	// bw is the listener's bandwidth limit, shared by its connections;
+	// nil when it has none.
+	bw atomic.Pointer[tcpBandwidth]
 
 	// accepted is closed when serve returns.
 	accepted chan struct{}
@@ -45,12 +50,60 @@ func (p *Proxy) newTCPListener(ln net.Listener, cl *config.Listener) *tcpListene
 	l := &tcpListener{p: p, ln: ln, port: addrPort(ln.Addr()), accepted: make(chan struct{}), conns: map[net.Conn]tcpConn{}}
 	l.cfg.Store(cl)
 	l.tls.update(p, cl)
+	l.updateBandwidth(cl)
 	return l
 }
 
 func (l *tcpListener) setConfig(cl *config.Listener) {
 	l.cfg.Store(cl)
 	l.tls.update(l.p, cl)
+	l.updateBandwidth(cl)
+}
+
+// tcpBandwidth is a TCP listener's byte-rate limit: one bucket per
+// direction, each shared by every connection of the listener (Envoy's
+// tcp_bandwidth_limit has a read and a write limit per filter chain).
+type tcpBandwidth struct {
+	rate int64
+	// up limits downstream-to-upstream bytes, down the answers.
+	up, down *ratelimit.Bucket
+}
+
+// bandwidthFillInterval is Envoy's tcp_bandwidth_limit fill interval: the
+// buckets hold this long's worth of bytes, the burst a connection may send
+// at once.
+const bandwidthFillInterval = 50 * time.Millisecond
+
+// updateBandwidth applies cl's limit; an unchanged rate keeps the buckets
+// (and the debt of connections waiting on them).
+func (l *tcpListener) updateBandwidth(cl *config.Listener) {
+	var rate int64
+	if cl.Traffic != nil {
+		rate = cl.Traffic.BandwidthBytesPerSecond
+	}
+	if old := l.bw.Load(); (old == nil && rate <= 0) || (old != nil && old.rate == rate) {
+		return
+	}
+	if rate <= 0 {
+		l.bw.Store(nil)
+		return
+	}
+	bc := ratelimit.BucketConfig{
+		Rate:  float64(rate),
+		Burst: int(max(1, min(rate*int64(bandwidthFillInterval)/int64(time.Second), 1<<30))),
+	}
+	up, err := ratelimit.NewBucket(bc)
+	if err == nil {
+		var down *ratelimit.Bucket
+		if down, err = ratelimit.NewBucket(bc); err == nil {
+			l.bw.Store(&tcpBandwidth{rate: rate, up: up, down: down})
+			return
+		}
+	}
+	// Out of the bucket's range (above 1 GB/s): serve unlimited rather
+	// than refuse the listener.
+	l.p.log.Warn("tcp bandwidth limit not applied", "listener", cl.Name, "bytes_per_second", rate, "error", err)
+	l.bw.Store(nil)
 }
 func (l *tcpListener) addr() net.Addr { return l.ln.Addr() }
 func (l *tcpListener) closeSocket()   { _ = l.ln.Close() }
@@ -191,6 +244,16 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 		m.tcpConns.WithLabelValues(stat, lcfg.Cluster, "no_endpoint").Inc()
 		return
 	}
+	// The breaker's connection cap counts downstream connections being
+	// proxied, as Envoy's max_connections does for tcp_proxy's upstream
+	// connections (one each). A refused connection is closed at once.
+	g := cl.guard
+	if !g.admitConn() {
+		l.p.log.Debug("tcp connection refused", "listener", stat, "cluster", cl.name, "reason", "overflow")
+		m.tcpConns.WithLabelValues(stat, cl.name, "overflow").Inc()
+		return
+	}
+	defer g.connDone()
 	ep := cl.bal.Pick()
 	if ep == nil {
 		m.tcpConns.WithLabelValues(stat, cl.name, "no_endpoint").Inc()
@@ -201,8 +264,12 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 	if err != nil {
 		l.p.log.Debug("tcp upstream connect failed", "listener", stat, "cluster", cl.name, "endpoint", ep.Address, "error", err)
 		m.tcpConns.WithLabelValues(stat, cl.name, "connect_failed").Inc()
+		if ctx.Err() == nil {
+			g.observe(ep.Address, resilience.ResultLocalFailure)
+		}
 		return
 	}
+	g.observe(ep.Address, resilience.ResultSuccess)
 	if !l.track(upRaw, nil) {
 		_ = up.Close()
 		return
@@ -253,14 +320,23 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 	// Each direction copies until EOF and then half-closes its destination,
 	// so a client that shuts down its write side still gets the rest of the
 	// answer. The copy is by hand, not io.Copy, whose splice(2) between
-	// sockets would hide the progress the idle timer needs.
+	// sockets would hide the progress the idle timer needs. A listener
+	// with a bandwidth limit copies through its buckets instead.
 	var wg sync.WaitGroup
-	var sent int64
-	wg.Go(func() {
-		sent = copyProgress(up, down, progress)
-		closeWrite(up)
-	})
-	received := copyProgress(down, up, progress)
+	var sent, received int64
+	if bw := l.bw.Load(); bw != nil {
+		wg.Go(func() {
+			sent, _ = ratelimit.Copy(ctx, progressWriter{up, progress}, down, bw.up)
+			closeWrite(up)
+		})
+		received, _ = ratelimit.Copy(ctx, progressWriter{down, progress}, up, bw.down)
+	} else {
+		wg.Go(func() {
+			sent = copyProgress(up, down, progress)
+			closeWrite(up)
+		})
+		received = copyProgress(down, up, progress)
+	}
 	closeWrite(down)
 	wg.Wait()
 	m.tcpBytes.WithLabelValues(stat, cl.name, "sent").Add(float64(sent))
@@ -314,6 +390,22 @@ func copyProgress(dst io.Writer, src io.Reader, progress func()) int64 {
 			return n
 		}
 	}
+}
+
+// progressWriter calls progress after every write that moved bytes, for
+// the idle timer of a rate-limited copy (which reads in between waits for
+// tokens, so a write follows every read).
+type progressWriter struct {
+	w        io.Writer
+	progress func()
+}
+
+func (p progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	if n > 0 {
+		p.progress()
+	}
+	return n, err
 }
 
 func closeWrite(c net.Conn) {

@@ -58,6 +58,11 @@ type Config struct {
 	Inbound []PortPair
 	// Outbound lists the upstreams the application calls.
 	Outbound []Outbound
+	// HTTPProxyPort, when not zero, registers the workload's spec.httpProxy:
+	// the proxy then listens on HTTPProxyAddress:HTTPProxyPort for
+	// applications that set HTTP_PROXY.
+	HTTPProxyPort    int32
+	HTTPProxyAddress string
 	// AppAddress is where the application listens (default 127.0.0.1).
 	AppAddress string
 	// ReadinessPath, when set, probes the app over HTTP; otherwise TCP connect.

@@ -54,6 +54,7 @@ func NewCommandEnv(env Env) *cobra.Command {
 		serverFlag, nameFlag string
 		outboundAddr         string
 		concurrency          int
+		httpProxyPort        int
 		idFlags              identityFlags
 		auditLog             string
 	)
@@ -105,6 +106,10 @@ runs without identity (plaintext) and says so in its log.`,
 				o.LocalAddress = outboundAddr
 				cfg.Outbound = append(cfg.Outbound, o)
 			}
+			if httpProxyPort < 0 || httpProxyPort > 65535 {
+				errs = append(errs, fmt.Errorf("--http-proxy-port %d: must be 0 (off) or a port", httpProxyPort))
+			}
+			cfg.HTTPProxyPort, cfg.HTTPProxyAddress = int32(httpProxyPort), outboundAddr
 			idFlags.tokenSet = cmd.Flags().Changed("join-token")
 			if err := idFlags.apply(&cfg, env.JoinToken); err != nil {
 				errs = append(errs, err)
@@ -133,6 +138,7 @@ runs without identity (plaintext) and says so in its log.`,
 	f.StringArrayVar(&inbound, "inbound", nil, "APPPORT=INBOUNDPORT: accept on INBOUNDPORT for the application's APPPORT (repeatable)")
 	f.StringArrayVar(&outbound, "outbound", nil, "SERVICE[.NS]:PORT=LOCALPORT: listen on 127.0.0.1:LOCALPORT for calls to SERVICE:PORT (repeatable)")
 	f.StringVar(&outboundAddr, "outbound-address", "127.0.0.1", "IP the outbound listeners bind")
+	f.IntVar(&httpProxyPort, "http-proxy-port", 0, "port (on --outbound-address) of a listener for applications that set HTTP_PROXY=http://ADDR:PORT: absolute-form requests and CONNECT to NAME.NS.mesh[:PORT] reach that service; 0 is off")
 	f.StringVar(&cfg.AppAddress, "app-address", "127.0.0.1", "address the application listens on")
 	f.StringVar(&cfg.ReadinessPath, "readiness-path", "", "HTTP path probed for readiness (default: TCP connect)")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:9901", "admin listener: /ready, /stats/prometheus, /config_dump, /debug/pprof/")

@@ -38,6 +38,12 @@ type workloadSpec struct {
 	Ports          []workloadPort     `json:"ports,omitempty"`
 	Proxy          workloadProxy      `json:"proxy"`
 	Upstreams      []workloadUpstream `json:"upstreams,omitempty"`
+	HTTPProxy      *workloadHTTPProxy `json:"httpProxy,omitempty"`
+}
+
+type workloadHTTPProxy struct {
+	Port    int32  `json:"port"`
+	Address string `json:"address,omitempty"`
 }
 
 type workloadPort struct {
@@ -73,6 +79,9 @@ func (c Config) workload() workload {
 	}
 	for _, o := range c.Outbound {
 		w.Spec.Upstreams = append(w.Spec.Upstreams, workloadUpstream(o))
+	}
+	if c.HTTPProxyPort > 0 {
+		w.Spec.HTTPProxy = &workloadHTTPProxy{Port: c.HTTPProxyPort, Address: c.HTTPProxyAddress}
 	}
 	return w
 }

@@ -82,15 +82,16 @@ func (b *RingHash) install(eps []*Endpoint, weights []uint32, h *health) {
 	b.table.Store(t)
 }
 
-// buildRing places the points. Like Envoy's, the ring has at least minSize
-// points and every endpoint at least one point per unit of the lightest
-// weight's share; unlike Envoy's, the points per unit of weight are a power
-// of two (possibly below one), so an endpoint's point count depends on its
-// own weight and rarely on the others: when one endpoint of ten leaves, the
-// others keep exactly their points and only its keys move. Endpoint i's
-// points are its first round(w_i×q) address-derived hashes, so when q halves
-// each endpoint keeps half of its points. At MaxRingSize q stops being a
-// power of two and the lightest endpoints may be left with one point.
+// buildRing places the points. Each endpoint gets a number of points that
+// depends only on its own weight: minSize/8 points per unit of weight
+// (weights reduced by their greatest common divisor), so a ring of eight
+// equal endpoints has minSize points and rings of more have more. Envoy
+// instead scales every endpoint's points so the whole ring has about
+// minSize, which re-deals points among the endpoints that stay whenever
+// one leaves, moving their keys too; here when one of N endpoints leaves
+// only its own keys (about 1/N) move. Endpoint i's points are its first
+// w_i×q address-derived hashes. Past MaxRingSize q shrinks for everyone,
+// and the lightest endpoints keep at least one point.
 func buildRing(eps []*Endpoint, weights []uint32, minSize uint64) ([]uint64, []uint32) {
 	if len(eps) == 0 {
 		return nil, nil
@@ -99,16 +100,21 @@ func buildRing(eps []*Endpoint, weights []uint32, minSize uint64) ([]uint64, []u
 		minSize = DefaultRingMinSize
 	}
 	minSize = min(minSize, MaxRingSize)
-	var sum float64
-	minW := uint32(math.MaxUint32)
+	g := uint64(0)
 	for _, w := range weights {
-		sum += float64(w)
-		minW = min(minW, w)
+		g = gcd(g, uint64(max(w, 1)))
 	}
-	need := max(float64(minSize)/sum, 1/float64(minW))
-	q := math.Exp2(math.Ceil(math.Log2(need)))
+	var sum float64
+	for _, w := range weights {
+		sum += float64(uint64(max(w, 1)) / g)
+	}
+	q := max(float64(minSize)/8, 1)
 	if q*sum > MaxRingSize {
 		q = MaxRingSize / sum
+	}
+	weights = slices.Clone(weights)
+	for i, w := range weights {
+		weights[i] = uint32(uint64(max(w, 1)) / g)
 	}
 	type point struct {
 		hash  uint64

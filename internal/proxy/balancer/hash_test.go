@@ -165,12 +165,14 @@ func TestRingSize(t *testing.T) {
 		minSize  uint64
 		min, max int
 	}{
-		// 1024/3 rounds up to 512 points per endpoint.
-		{"default minimum", []uint32{1, 1, 1}, 0, 3 * 512, 3 * 512},
-		{"configured minimum", []uint32{1, 1}, 4096, 4096, 4096},
-		// 1024/1000 rounds up to 2 points per unit of weight.
-		{"large weights", []uint32{100, 300, 600}, 0, 2000, 2000},
-		{"lightest endpoint gets a point per weight", []uint32{1, 5000}, 0, 5001, 5001},
+		// minSize/8 points per unit of weight, whatever the number of
+		// endpoints: 1024/8 = 128.
+		{"default minimum", []uint32{1, 1, 1}, 0, 3 * 128, 3 * 128},
+		{"eight endpoints make the minimum", []uint32{1, 1, 1, 1, 1, 1, 1, 1}, 0, 1024, 1024},
+		{"configured minimum", []uint32{1, 1}, 4096, 2 * 512, 2 * 512},
+		// Weights are reduced by their gcd (100): 1+3+6 units.
+		{"large weights", []uint32{100, 300, 600}, 0, 10 * 128, 10 * 128},
+		{"lightest endpoint gets its share", []uint32{1, 5000}, 0, 5001 * 128, 5001 * 128},
 		{"bounded", []uint32{1, math.MaxUint32}, 0, MaxRingSize - 1, MaxRingSize + 1},
 	}
 	for _, tt := range tests {

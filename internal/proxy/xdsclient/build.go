@@ -383,6 +383,9 @@ func convertHCMBody(hcm *hcmv3.HttpConnectionManager, out *config.Listener) (*co
 	if hcm.GetCodecType() == hcmv3.HttpConnectionManager_HTTP3 {
 		return nil, errors.New(".codec_type: HTTP3 unsupported")
 	}
+	if err := checkHCMUpgrades(hcm); err != nil {
+		return nil, err
+	}
 	routerAt := -1
 	var authzFilters []*hcmv3.HttpFilter
 	traffic := map[string]bool{}
@@ -586,6 +589,9 @@ func convertRouteAction(a *routev3.RouteAction, out *config.Route) error {
 		}
 		out.Timeout = d
 	}
+	if err := checkRouteUpgrades(a, out.Match); err != nil {
+		return err
+	}
 	return convertRouteActionTraffic(a, out)
 }
 
@@ -638,7 +644,7 @@ func convertRouteMatch(m *routev3.RouteMatch) (config.RouteMatch, error) {
 		// PGV already refuses "?", "#" and a trailing "/".
 		out.PathSeparatedPrefix = p.PathSeparatedPrefix
 	case *routev3.RouteMatch_ConnectMatcher_:
-		return out, errors.New(`path_specifier: unsupported path specifier "connect_matcher"`)
+		out = connectMatch() // httpproxy.go
 	case *routev3.RouteMatch_PathMatchPolicy:
 		return out, errors.New(`path_specifier: unsupported path specifier "path_match_policy"`)
 	default:

@@ -29,6 +29,9 @@ import (
 //     (by ns/name) selecting wl with that targetPort; HTTP when none does.
 //   - per upstream: listener "outbound:LOCALPORT", the service port's route
 //     config, and every cluster and ClusterLoadAssignment it leads to.
+//   - with spec.httpProxy: listener "outbound_http_proxy", route config
+//     "http_proxy" naming every service port, and their clusters
+//     (httpproxy.go).
 //
 // With Mesh.MTLS and wl.Spec.Proxy set, inbound listeners get the mutual TLS
 // filter chains of wl's MeshTLS mode, and outbound clusters auto mTLS
@@ -107,6 +110,9 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 			ix.clientCluster(&b, pi, wl)
 		}
 		b.listener(l)
+	}
+	if wl.Spec.HTTPProxy != nil {
+		ix.httpProxy(&b, wl)
 	}
 	return b.resources()
 }
