@@ -224,7 +224,7 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 	}
 
 	// Verge.
-	if want("verge1") || want("verge2") || want("verge2-mtls") {
+	if want("verge1") || want("verge2") || want("verge2-mtls") || want("verge2-policy") {
 		r.verge = setupVerge(ctx, o, dir, bHTTP, bGRPC, &procs, logger)
 		v := r.verge
 		c1 := &caseDef{key: "verge1", title: "Verge 1 hop", path: "client → Verge proxy (inbound) → backend", setupErr: v.err}
@@ -251,6 +251,17 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 			c3.vergeProxies = []*proc{env.server, env.client}
 		}
 		add(c3)
+		c4 := &caseDef{key: "verge2-policy", title: "Verge 2 hops, policy set",
+			path: "client → Verge proxy (20 routes, retries, breaker, outlier detection) → Verge proxy (rate limit) → backend", setupErr: v.err}
+		if v.err == nil {
+			c4.setupErr = v.policyErr
+		}
+		if env := v.policy; c4.setupErr == nil {
+			c4.http, c4.grpc = env.outHTTP, env.outGRPC
+			c4.pids = []int{backend.pid(), env.server.pid(), env.client.pid(), env.cp.pid()}
+			c4.vergeProxies = []*proc{env.server, env.client}
+		}
+		add(c4)
 	}
 
 	// Every case must carry one request of each protocol before it is
@@ -362,6 +373,9 @@ type vergeSetup struct {
 	// mtls is the zero-trust environment; mtlsErr its setup error.
 	mtls    *vergeEnv
 	mtlsErr error
+	// policy is the plaintext environment with the policy set.
+	policy    *vergeEnv
+	policyErr error
 }
 
 func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs *[]*proc, logger *slog.Logger) *vergeSetup {
@@ -381,10 +395,14 @@ func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs 
 		v.proxyBin = v.bin.verge
 	}
 	logger.Info("starting verge control plane and proxies")
-	v.env, v.err = startVerge(ctx, dir, "plain", plainIPs, false, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+	v.env, v.err = startVerge(ctx, dir, "plain", plainIPs, false, false, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
 	if v.err == nil && o.cases.MatchString("verge2-mtls") {
 		logger.Info("starting the zero-trust verge control plane and proxies")
-		v.mtls, v.mtlsErr = startVerge(ctx, dir, "mtls", mtlsIPs, true, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+		v.mtls, v.mtlsErr = startVerge(ctx, dir, "mtls", mtlsIPs, true, false, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+	}
+	if v.err == nil && o.cases.MatchString("verge2-policy") {
+		logger.Info("starting the verge control plane and proxies with the policy set")
+		v.policy, v.policyErr = startVerge(ctx, dir, "policy", policyIPs, false, true, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
 	}
 	return v
 }

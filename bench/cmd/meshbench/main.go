@@ -41,7 +41,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unrecorded warm-up before each measurement")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "recorded time of each measurement")
 	flag.Int64Var(&o.maxRequests, "max-requests", 5_000_000, "cap on recorded requests per measurement")
-	flag.StringVar(&cases, "cases", "", "regexp: run only the cases whose key matches (direct, stock1, stock2, stock2-tuned, haproxy2, verge1, verge2)")
+	flag.StringVar(&cases, "cases", "", "regexp: run only the cases whose key matches (direct, stock1, stock2, stock2-tuned, haproxy2, verge1, verge2, verge2-mtls, verge2-policy)")
 	flag.StringVar(&protocols, "protocols", "http,grpc", "protocols to measure: http, grpc or both")
 	flag.StringVar(&o.proxyBinary, "proxy-binary", "verge-proxy", "binary that runs the Verge proxies: verge-proxy or verge (as `verge proxy`)")
 	flag.StringVar(&o.root, "root", "", "root of the Verge module (where go.mod is); default: the module of the current directory")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"math"
 	"net"
 	"net/http"
@@ -13,7 +14,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
 	"google.golang.org/grpc"
+	"verge.dev/verge/api/v1alpha1"
 
 	"verge.dev/verge/bench/load"
 )
@@ -171,5 +174,24 @@ func TestFloors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPolicySetValid: the benchmark's policy set is accepted by the API, so
+// a run never measures a control plane that refused it.
+func TestPolicySetValid(t *testing.T) {
+	for _, r := range policySet() {
+		b, err := json.Marshal(r.obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj, err := v1alpha1.DecodeOne(b)
+		if err != nil {
+			t.Fatalf("%s: %v", r.plural, err)
+		}
+		v1alpha1.Default(obj)
+		if errs := v1alpha1.Validate(obj); len(errs) > 0 {
+			t.Errorf("%s %s: %v", r.plural, obj.GetName(), errs.ToAggregate())
+		}
 	}
 }

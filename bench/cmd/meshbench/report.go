@@ -155,6 +155,14 @@ func (r *report) floors() []floor {
 	}
 	fs = append(fs, f)
 
+	f = floor{name: "Policy set cost", rule: "Verge 2 hops with the policy set req/s ÷ Verge 2 hops bare req/s, HTTP/1.1, 64 connections ≥ 0.90"}
+	if m, v := r.cell(load.HTTP1, closed64, "verge2-policy"), r.cell(load.HTTP1, closed64, "verge2"); m != nil && v != nil {
+		q := m.res.RequestsPerSecond() / v.res.RequestsPerSecond()
+		f.known, f.pass = true, q >= 0.90
+		f.value = fmt.Sprintf("%.2f (%.0f ÷ %.0f)", q, m.res.RequestsPerSecond(), v.res.RequestsPerSecond())
+	}
+	fs = append(fs, f)
+
 	f = floor{name: "Idle memory", rule: fmt.Sprintf("RSS of an idle proxy with %d services × %d endpoints < 15 MiB", scaleServices, scaleEndpoints)}
 	if r.scale != nil && r.scale.rss > 0 && r.scaleErr == nil {
 		f.known, f.pass = true, r.scale.rss < 15<<20

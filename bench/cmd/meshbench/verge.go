@@ -36,6 +36,9 @@ type vergeIPs struct{ control, server, client string }
 var (
 	plainIPs = vergeIPs{control: "127.88.0.4", server: "127.88.0.2", client: "127.88.0.3"}
 	mtlsIPs  = vergeIPs{control: "127.88.0.8", server: "127.88.0.6", client: "127.88.0.7"}
+	// policyIPs is the plaintext environment again with issue 5's
+	// realistic policy set applied (policySet), compared with plainIPs'.
+	policyIPs = vergeIPs{control: "127.88.0.12", server: "127.88.0.10", client: "127.88.0.11"}
 )
 
 // binaries are the Verge programs the harness built, stripped (run) and
@@ -98,7 +101,7 @@ const (
 
 // startVerge starts the control plane, applies the backend's Services and
 // starts the two proxies; it returns once both report ready.
-func startVerge(ctx context.Context, dir, name string, ips vergeIPs, secure bool, bin binaries, proxyBin string, backendHTTP, backendGRPC string, procs *[]*proc) (*vergeEnv, error) {
+func startVerge(ctx context.Context, dir, name string, ips vergeIPs, secure, policy bool, bin binaries, proxyBin string, backendHTTP, backendGRPC string, procs *[]*proc) (*vergeEnv, error) {
 	env := &vergeEnv{secure: secure}
 	dataDir := filepath.Join(dir, name+"-cp-data")
 	args := []string{bin.verge, "control-plane",
@@ -150,6 +153,14 @@ func startVerge(ctx context.Context, dir, name string, ips vergeIPs, secure bool
 		}
 		if err := putResource(ctx, http.DefaultClient, env, "default", "services", svc.name, obj); err != nil {
 			return nil, err
+		}
+	}
+	if policy {
+		for _, r := range policySet() {
+			meta := r.obj["metadata"].(map[string]any)
+			if err := putResource(ctx, http.DefaultClient, env, "default", r.plural, meta["name"].(string), r.obj); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if secure {
@@ -432,4 +443,55 @@ func fileSize(path string) int64 {
 		return -1
 	}
 	return fi.Size()
+}
+
+// policyResource is one object of the policy set and its API plural.
+type policyResource struct {
+	plural string
+	obj    map[string]any
+}
+
+// policySet is issue 5's "realistic policy set" on the benchmark's
+// services: an HTTPRoute of 20 rules (the benchmark's requests match the
+// last, so every rule is tried), retries, a circuit breaker, a rate limit
+// and outlier detection, with limits high enough that none of them refuses
+// a request of the benchmark: what is measured is their cost, not their
+// effect. The gRPC service gets the same DestinationPolicy sections.
+func policySet() []policyResource {
+	rules := make([]map[string]any, 0, 20)
+	for i := 1; i < 20; i++ {
+		rules = append(rules, map[string]any{
+			"name":        fmt.Sprintf("r%d", i),
+			"matches":     []map[string]any{{"path": map[string]any{"type": "PathPrefix", "value": fmt.Sprintf("/api/v%d", i)}, "headers": []map[string]any{{"name": "x-tenant", "value": fmt.Sprintf("t%d", i)}}}},
+			"backendRefs": []map[string]any{{"name": "backend", "port": svcHTTPPort}},
+		})
+	}
+	rules = append(rules, map[string]any{
+		"name":        "default",
+		"matches":     []map[string]any{{"path": map[string]any{"type": "PathPrefix", "value": "/"}}},
+		"backendRefs": []map[string]any{{"name": "backend", "port": svcHTTPPort}},
+	})
+	route := map[string]any{
+		"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+		"metadata": map[string]any{"name": "backend", "namespace": "default"},
+		"spec": map[string]any{
+			"parentRefs": []map[string]any{{"group": "", "kind": "Service", "name": "backend", "port": svcHTTPPort}},
+			"rules":      rules,
+		},
+	}
+	out := []policyResource{{"httproutes", route}}
+	for _, svc := range []string{"backend", "backend-grpc"} {
+		out = append(out, policyResource{"destinationpolicies", map[string]any{
+			"apiVersion": "verge.dev/v1alpha1", "kind": "DestinationPolicy",
+			"metadata": map[string]any{"name": svc + "-policy", "namespace": "default"},
+			"spec": map[string]any{
+				"targetRef":        map[string]any{"kind": "Service", "name": svc},
+				"retry":            map[string]any{"attempts": 2, "retryOn": []string{"5xx", "connect-failure", "reset"}},
+				"circuitBreaker":   map[string]any{"maxConnections": 100000, "maxPendingRequests": 100000, "maxRequests": 100000, "maxRetries": 1000},
+				"outlierDetection": map[string]any{"consecutive5xx": 5},
+				"rateLimit":        map[string]any{"requestsPerSecond": 1000000, "burst": 1000000},
+			},
+		}})
+	}
+	return out
 }
