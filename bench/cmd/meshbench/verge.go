@@ -270,7 +270,15 @@ func putResource(ctx context.Context, c *http.Client, env *vergeEnv, ns, plural,
 	if err != nil {
 		return fmt.Errorf("put %s/%s: %w", plural, name, err)
 	}
-	url := fmt.Sprintf("%s/apis/verge.dev/v1alpha1/namespaces/%s/%s/%s", env.api, ns, plural, name)
+	// The object's own apiVersion names its group (the Gateway API's
+	// routes are not under verge.dev).
+	apiVersion := "verge.dev/v1alpha1"
+	if m, ok := obj.(map[string]any); ok {
+		if v, ok := m["apiVersion"].(string); ok && v != "" {
+			apiVersion = v
+		}
+	}
+	url := fmt.Sprintf("%s/apis/%s/namespaces/%s/%s/%s", env.api, apiVersion, ns, plural, name)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("put %s/%s: %w", plural, name, err)
