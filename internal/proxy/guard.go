@@ -50,8 +50,15 @@ type clusterGuard struct {
 	// replaced (a cluster without limits gets unlimited ones), so that
 	// admit and done always meet the same counters.
 	breaker *resilience.Breaker
-	budget  atomic.Pointer[resilience.Budget]
-	det     atomic.Pointer[detector]
+	// http1 says each request holds an upstream connection of its own
+	// (HTTP/1.1), so admit also takes a connection slot: the h1 pool opens
+	// a connection per concurrent request rather than queueing, so
+	// maxConnections caps concurrent requests there and no request is ever
+	// pending (maxPendingRequests never binds; overflowing instead of
+	// queueing is the stricter reading of Envoy's thresholds).
+	http1  atomic.Bool
+	budget atomic.Pointer[resilience.Budget]
+	det    atomic.Pointer[detector]
 
 	overflow        [resilience.Retries + 1]prometheus.Counter
 	budgetExhausted prometheus.Counter
@@ -434,13 +441,22 @@ func (g *clusterGuard) admit() bool {
 		g.overflow[resilience.Requests].Inc()
 		return false
 	}
+	if g.http1.Load() && !g.breaker.TryAcquire(resilience.Connections) {
+		g.breaker.Release(resilience.Requests)
+		g.overflow[resilience.Connections].Inc()
+		return false
+	}
 	return true
 }
 
-// done gives back the slot admit took.
+// done gives back the slots admit took. http1 does not change while a
+// request is in flight: a cluster's protocol change replaces its pool.
 func (g *clusterGuard) done() {
 	if g != nil {
 		g.breaker.Release(resilience.Requests)
+		if g.http1.Load() {
+			g.breaker.Release(resilience.Connections)
+		}
 	}
 }
 

@@ -479,3 +479,43 @@ func BenchmarkGuardRequest(b *testing.B) {
 		g.done()
 	}
 }
+
+// TestGuardHTTP1MaxConnections: each HTTP/1.1 request holds an upstream
+// connection of its own, so max connections caps concurrent requests
+// there (overflow kind "connections"), not on HTTP/2 clusters; a protocol
+// change starts a new guard, so slots taken under one protocol are never
+// released against the other's counters.
+func TestGuardHTTP1MaxConnections(t *testing.T) {
+	p := New(Config{}, slog.New(slog.DiscardHandler))
+	cb := &config.ClusterTraffic{CircuitBreaker: &config.CircuitBreaker{MaxConnections: 2, MaxRequests: 100}}
+	p.Update(snapshot(nil, nil, withTraffic(mkCluster("c", config.UpstreamHTTP1, config.LBRoundRobin, "127.0.0.1:1"), cb)))
+	g, _ := guardOf(t, p, "c")
+	for i := range 2 {
+		if !g.admit() {
+			t.Fatalf("request %d refused", i)
+		}
+	}
+	if g.admit() {
+		t.Error("third concurrent HTTP/1.1 request admitted with max connections 2")
+	}
+	if got := metricValue(t, p.guardMetrics.overflow.WithLabelValues("c", "connections")); got != 1 {
+		t.Errorf("overflow{kind=connections} = %v, want 1", got)
+	}
+	g.done()
+	if !g.admit() {
+		t.Error("request refused after one ended")
+	}
+	g.done()
+	g.done()
+
+	p.Update(snapshot(nil, nil, withTraffic(mkCluster("c", config.UpstreamHTTP2, config.LBRoundRobin, "127.0.0.1:1"), cb)))
+	g2, _ := guardOf(t, p, "c")
+	if g2 == g {
+		t.Fatal("guard kept across a protocol change")
+	}
+	for i := range 5 {
+		if !g2.admit() {
+			t.Fatalf("HTTP/2 request %d refused by max connections", i)
+		}
+	}
+}

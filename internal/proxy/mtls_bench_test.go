@@ -33,9 +33,11 @@ func BenchmarkTwoProxies(b *testing.B) {
 		name     string
 		noTLS    bool
 		noBridge bool
-	}{{"plaintext", true, false}, {"mtls", false, false}, {"mtls-nethttp", false, true}} {
+		policy   bool
+	}{{"plaintext", true, false, false}, {"plaintext-policy", true, false, true}, {"mtls", false, false, false},
+		{"mtls-nethttp", false, true, false}} {
 		b.Run(bc.name, func(b *testing.B) {
-			o := meshOpts{appAddr: app.addr, noTLS: bc.noTLS, noBridge: bc.noBridge}
+			o := meshOpts{appAddr: app.addr, noTLS: bc.noTLS, noBridge: bc.noBridge, policy: bc.policy}
 			if !bc.noTLS {
 				_, o.in, o.out = meshIdentities(b)
 			}

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -142,6 +143,8 @@ type meshOpts struct {
 	noTLS   bool // plaintext between the proxies (benchmark baseline)
 	// noBridge: net/http's HTTP/2 between the proxies, not the bridge.
 	noBridge bool
+	// policy applies issue 5's realistic policy set (policySet).
+	policy bool
 }
 
 type meshPair struct {
@@ -169,6 +172,11 @@ func inboundSnapshot(o meshOpts) *config.Snapshot {
 	l.RouteName = "inbound"
 	rt := &config.RouteTable{Name: "inbound", VirtualHosts: []*config.VirtualHost{{Name: "app", Domains: []string{"*"},
 		Routes: []*config.Route{{Name: "all", Clusters: toCluster(app.Name)}}}}}
+	if o.policy {
+		// A rate limit that never refuses: its cost is what is measured.
+		rt.VirtualHosts[0].Routes[0].Traffic = &config.RouteTraffic{RateLimit: &config.RateLimit{
+			MaxTokens: 1_000_000, TokensPerFill: 1_000_000, FillInterval: time.Second}}
+	}
 	return snapshot([]*config.Listener{l}, []*config.RouteTable{rt}, app)
 }
 
@@ -191,7 +199,32 @@ func outboundSnapshot(o meshOpts, inAddr string) *config.Snapshot {
 	l.RouteName = "svc"
 	rt := &config.RouteTable{Name: "svc", VirtualHosts: []*config.VirtualHost{{Name: "svc", Domains: []string{"*"},
 		Routes: []*config.Route{{Name: "all", Clusters: toCluster(svc.Name)}}}}}
+	if o.policy {
+		applyPolicySet(rt.VirtualHosts[0], svc)
+	}
 	return snapshot([]*config.Listener{l}, []*config.RouteTable{rt}, svc)
+}
+
+// applyPolicySet is the client side of issue 5's realistic policy set, as
+// bench/cmd/meshbench applies it through the API: 20 routes (the request
+// matches the last), retries, a breaker and outlier detection, none of
+// them refusing a request.
+func applyPolicySet(vh *config.VirtualHost, svc *config.Cluster) {
+	all := vh.Routes[len(vh.Routes)-1]
+	all.Traffic = &config.RouteTraffic{Retry: &config.RetryPolicy{Attempts: 2, On: []string{"5xx", "connect-failure", "reset"},
+		BaseInterval: 25 * time.Millisecond, MaxInterval: 250 * time.Millisecond}}
+	routes := make([]*config.Route, 0, 20)
+	for i := 1; i < 20; i++ {
+		routes = append(routes, &config.Route{Name: fmt.Sprintf("r%d", i), Clusters: toCluster(svc.Name),
+			Match:   config.RouteMatch{PathSeparatedPrefix: fmt.Sprintf("/api/v%d", i), Headers: []config.HeaderMatch{{Name: "x-tenant", Exact: fmt.Sprintf("t%d", i)}}},
+			Traffic: all.Traffic})
+	}
+	vh.Routes = append(routes, all)
+	svc.Traffic = &config.ClusterTraffic{
+		CircuitBreaker: &config.CircuitBreaker{MaxConnections: 100000, MaxPendingRequests: 100000, MaxRequests: 100000, MaxRetries: 1000},
+		RetryBudget:    &config.RetryBudget{Percent: 20, MinRetriesPerSecond: 10},
+		Outlier:        &config.OutlierDetection{Consecutive5xx: 5, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 10},
+	}
 }
 
 func identityConfig(id *testIdentity) Config {

@@ -352,8 +352,18 @@ func (p *Proxy) compileLocked(s *config.Snapshot) (*state, []*clusterGuard) {
 			pl.guard = nil
 			p.guardMetrics.deleteCluster(name)
 		case cc.Traffic != nil:
+			http1 := cc.Protocol == config.UpstreamHTTP1
+			if pl.guard != nil && pl.guard.http1.Load() != http1 {
+				// Requests in flight release what they took from the old
+				// guard; the new protocol starts on fresh counters.
+				pl.guard.stopped = true
+				pl.guard.detach()
+				retired = append(retired, pl.guard)
+				pl.guard = nil
+			}
 			if pl.guard == nil {
 				pl.guard = p.newClusterGuard(name, cc.Traffic)
+				pl.guard.http1.Store(http1)
 			}
 			pl.guard.reconfigureLocked(cc.Traffic, pl.bal, pl.tls, tlsAddrs)
 		}

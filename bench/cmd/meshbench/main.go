@@ -46,7 +46,7 @@ func main() {
 	flag.StringVar(&o.proxyBinary, "proxy-binary", "verge-proxy", "binary that runs the Verge proxies: verge-proxy or verge (as `verge proxy`)")
 	flag.StringVar(&o.root, "root", "", "root of the Verge module (where go.mod is); default: the module of the current directory")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory with logs and data")
-	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of the open-loop load (the latency floor takes their median)")
+	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of the open-loop and 64-connection loads (the latency and Verge-to-Verge throughput floors take their medians)")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip the 100 services × 10 endpoints memory measurement")
 	flag.Parse()
 	o.command = "go run ./bench/cmd/meshbench"
