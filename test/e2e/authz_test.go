@@ -192,12 +192,8 @@ spec:
 	}
 
 	stats := f.api.admin + "/stats/prometheus"
-	if n := metric(t, stats, "verge_authz_decisions_total", map[string]string{"action": "deny"}); n < 6 {
-		t.Errorf("deny decisions counted: %v, want at least 6", n)
-	}
-	if n := metric(t, stats, "verge_authz_decisions_total", map[string]string{"action": "allow"}); n < 4 {
-		t.Errorf("allow decisions counted: %v, want at least 4", n)
-	}
+	waitMetric(t, stats, "verge_authz_decisions_total", map[string]string{"action": "deny"}, 6)
+	waitMetric(t, stats, "verge_authz_decisions_total", map[string]string{"action": "allow"}, 4)
 
 	// The audit log has the DENY policy's decision and the AUDIT match,
 	// each with its source and reason.
