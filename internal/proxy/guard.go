@@ -52,10 +52,9 @@ type clusterGuard struct {
 	breaker *resilience.Breaker
 	// http1 says each request holds an upstream connection of its own
 	// (HTTP/1.1), so admit also takes a connection slot: the h1 pool opens
-	// a connection per concurrent request rather than queueing, so
-	// maxConnections caps concurrent requests there and no request is ever
-	// pending (maxPendingRequests never binds; overflowing instead of
-	// queueing is the stricter reading of Envoy's thresholds).
+	// a connection per concurrent request, so maxConnections caps
+	// concurrent requests there, and a request past it waits as one of at
+	// most maxPendingRequests pending ones (waitConnection), as in Envoy.
 	http1  atomic.Bool
 	budget atomic.Pointer[resilience.Budget]
 	det    atomic.Pointer[detector]
@@ -441,12 +440,45 @@ func (g *clusterGuard) admit() bool {
 		g.overflow[resilience.Requests].Inc()
 		return false
 	}
-	if g.http1.Load() && !g.breaker.TryAcquire(resilience.Connections) {
+	if g.http1.Load() && !g.breaker.TryAcquire(resilience.Connections) && !g.waitConnection() {
 		g.breaker.Release(resilience.Requests)
-		g.overflow[resilience.Connections].Inc()
 		return false
 	}
 	return true
+}
+
+// pendingWait bounds how long a pending HTTP/1.1 request waits for one of
+// the cluster's connections (Envoy bounds it with the request's timeouts;
+// admit has none, and a request that cannot get a connection in this time
+// is better refused than left hanging).
+const pendingWait = 2 * time.Second
+
+// waitConnection is Envoy's pending queue for an HTTP/1.1 cluster at its
+// connection limit: with a pending slot free, the request waits for a
+// connection slot; without one, it overflows at once. It polls with a
+// growing pause rather than keeping a wait list, since waits only happen
+// when the limits bind, and the pause stays far below a request's time.
+// It reports whether the request got a connection slot; on false the
+// overflow is counted.
+func (g *clusterGuard) waitConnection() bool {
+	if !g.breaker.TryAcquire(resilience.PendingRequests) {
+		g.overflow[resilience.PendingRequests].Inc()
+		return false
+	}
+	defer g.breaker.Release(resilience.PendingRequests)
+	deadline := time.Now().Add(pendingWait)
+	pause := 100 * time.Microsecond
+	for {
+		time.Sleep(pause)
+		if g.breaker.TryAcquire(resilience.Connections) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			g.overflow[resilience.Connections].Inc()
+			return false
+		}
+		pause = min(2*pause, 5*time.Millisecond)
+	}
 }
 
 // done gives back the slots admit took. http1 does not change while a

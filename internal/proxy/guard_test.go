@@ -482,12 +482,13 @@ func BenchmarkGuardRequest(b *testing.B) {
 
 // TestGuardHTTP1MaxConnections: each HTTP/1.1 request holds an upstream
 // connection of its own, so max connections caps concurrent requests
-// there (overflow kind "connections"), not on HTTP/2 clusters; a protocol
-// change starts a new guard, so slots taken under one protocol are never
-// released against the other's counters.
+// there; one past it waits as a pending request (at most max pending, the
+// rest overflow at once) and goes ahead when a connection frees; HTTP/2
+// clusters are not capped so. A protocol change starts a new guard, so
+// slots taken under one protocol are never released against the other's.
 func TestGuardHTTP1MaxConnections(t *testing.T) {
 	p := New(Config{}, slog.New(slog.DiscardHandler))
-	cb := &config.ClusterTraffic{CircuitBreaker: &config.CircuitBreaker{MaxConnections: 2, MaxRequests: 100}}
+	cb := &config.ClusterTraffic{CircuitBreaker: &config.CircuitBreaker{MaxConnections: 2, MaxPendingRequests: 1, MaxRequests: 100}}
 	p.Update(snapshot(nil, nil, withTraffic(mkCluster("c", config.UpstreamHTTP1, config.LBRoundRobin, "127.0.0.1:1"), cb)))
 	g, _ := guardOf(t, p, "c")
 	for i := range 2 {
@@ -495,15 +496,23 @@ func TestGuardHTTP1MaxConnections(t *testing.T) {
 			t.Fatalf("request %d refused", i)
 		}
 	}
+	pending := make(chan bool, 1)
+	go func() { pending <- g.admit() }()
+	waitFor(t, "a pending request", func() bool { return g.breaker.InUse(resilience.PendingRequests) == 1 })
 	if g.admit() {
-		t.Error("third concurrent HTTP/1.1 request admitted with max connections 2")
+		t.Error("request admitted with the connections and the pending queue full")
 	}
-	if got := metricValue(t, p.guardMetrics.overflow.WithLabelValues("c", "connections")); got != 1 {
-		t.Errorf("overflow{kind=connections} = %v, want 1", got)
+	if got := metricValue(t, p.guardMetrics.overflow.WithLabelValues("c", "pending_requests")); got != 1 {
+		t.Errorf("overflow{kind=pending_requests} = %v, want 1", got)
 	}
 	g.done()
-	if !g.admit() {
-		t.Error("request refused after one ended")
+	select {
+	case ok := <-pending:
+		if !ok {
+			t.Error("pending request refused after a connection freed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("pending request still waiting after a connection freed")
 	}
 	g.done()
 	g.done()
