@@ -89,7 +89,10 @@ func (u *tlsUpstream) dialH2(ctx context.Context, addr string) (net.Conn, error)
 // to a peer proxy as an HTTP/2 stream, and the response comes back as
 // HTTP/1.1.
 func (u *tlsUpstream) Exchange(x *h1.Exchange) error {
-	hdr := make([]hpack.HeaderField, 0, 16)
+	// The client encodes the fields before RoundTrip returns.
+	hp := h2.HeaderFields()
+	defer h2.PutHeaderFields(hp)
+	hdr := (*hp)[:0]
 	x.VisitFields(func(name, value []byte) bool {
 		hdr = append(hdr, hpack.HeaderField{Name: h2.LowerName(name), Value: string(value)})
 		return true
@@ -97,6 +100,7 @@ func (u *tlsUpstream) Exchange(x *h1.Exchange) error {
 	if x.TETrailers() {
 		hdr = append(hdr, hpack.HeaderField{Name: "te", Value: "trailers"})
 	}
+	*hp = hdr // a grown slice goes back to the pool
 	host := x.Host()
 	if host == "" {
 		host = x.Addr()

@@ -118,6 +118,22 @@ const maxBufferedBody = 16 << 10
 
 var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, maxBufferedBody); return &b }}
 
+// headerPool recycles header field slices of requests, whose fields live
+// only until their HEADERS frame is encoded.
+var headerPool = sync.Pool{New: func() any { f := make([]hpack.HeaderField, 0, 24); return &f }}
+
+// HeaderFields returns an empty field slice from the pool; give it back
+// with PutHeaderFields once nothing refers to its fields any more.
+func HeaderFields() *[]hpack.HeaderField { return headerPool.Get().(*[]hpack.HeaderField) }
+
+// PutHeaderFields returns f to the pool, dropping its strings so the pool
+// does not keep request data alive.
+func PutHeaderFields(f *[]hpack.HeaderField) {
+	clear((*f)[:cap(*f)])
+	*f = (*f)[:0]
+	headerPool.Put(f)
+}
+
 // RoundTrip sends req to addr and returns the response head once it
 // arrived; the body streams. Refused streams (GOAWAY, REFUSED_STREAM) are
 // retried on another connection while the request body was not consumed.
@@ -419,8 +435,10 @@ func (cc *clientConn) deadErr() error {
 // open assigns the stream its ID and writes the request's HEADERS, in
 // that order under the write lock so that IDs go out increasing.
 func (cc *clientConn) open(cs *clientStream, req *Request, end bool) error {
-	hdr := make([]hpack.HeaderField, 0, 5+len(req.Header))
-	hdr = append(hdr,
+	// The fields only live until they are encoded below.
+	hp := HeaderFields()
+	defer PutHeaderFields(hp)
+	hdr := append((*hp)[:0],
 		hpack.HeaderField{Name: ":method", Value: req.Method},
 		hpack.HeaderField{Name: ":scheme", Value: "https"},
 		hpack.HeaderField{Name: ":authority", Value: req.Authority},
@@ -448,6 +466,7 @@ func (cc *clientConn) open(cs *clientStream, req *Request, end bool) error {
 	cc.streams[id] = cs
 	cc.mu.Unlock()
 	cc.writeHeadersLocked(id, hdr, end)
+	*hp = hdr
 	return cc.unlock(end)
 }
 
