@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/scrypt"
+
+	"verge.dev/verge/internal/atomicfile"
 )
 
 // Material is the CA's signing state: the signing key and certificate, the
@@ -293,7 +295,7 @@ func (m *Material) Save(dir string, passphrase []byte) error {
 	if err != nil {
 		return fmt.Errorf("save ca %q: %w", path, err)
 	}
-	if err := writeFileAtomic(dir, FileName, append(out, '\n')); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, FileName), append(out, '\n'), 0o600, 0o700); err != nil {
 		return fmt.Errorf("save ca %q: %w", path, err)
 	}
 	return nil
@@ -376,48 +378,6 @@ func (st fileState) material() (*Material, error) {
 		m.retired = append(m.retired, retiredRoot{cert: c, until: r.Until})
 	}
 	return m, nil
-}
-
-// writeFileAtomic replaces dir/name with data so that a crash leaves either
-// the old or the new file, never a torn one.
-func writeFileAtomic(dir, name string, data []byte) (err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	return nil
 }
 
 // ParseCertificatesPEM parses every CERTIFICATE block of data, in order,

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 
 	"verge.dev/verge/internal/apiclient"
+	"verge.dev/verge/internal/atomicfile"
 	"verge.dev/verge/internal/identity"
 )
 
@@ -111,7 +111,7 @@ func newCertRequestCommand(e *env) *cobra.Command {
 				{files.key, keyPEM, 0o600},
 				{files.chain, chainPEM, 0o644},
 			} {
-				if err := writeFileAtomic(f.path, f.data, f.mode); err != nil {
+				if err := atomicfile.Write(f.path, f.data, f.mode, 0o755); err != nil {
 					return err
 				}
 			}
@@ -160,54 +160,6 @@ func readJoinToken(token, file string) (string, error) {
 		return tok, nil
 	}
 	return "", usageError("a join token is required: pass --token or --token-file (verge token create prints one)")
-}
-
-// writeFileAtomic replaces path with data and mode: temp file in the same
-// directory, fsync, rename, fsync of the directory, so a crash leaves the
-// old or the new file whole, and a key file is never readable by others,
-// not even while it is written. internal/ca and internal/proxy/svid have
-// the same helper for their own files.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("write %q: %w", path, err)
-	}
-	// CreateTemp makes the file 0600; it is widened before the rename for
-	// public files only.
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %q: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %q: %w", f.Name(), err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("chmod %q: %w", f.Name(), err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %q: %w", f.Name(), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %q: %w", f.Name(), err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("rename %q: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir %q: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir %q: %w", dir, err)
-	}
-	return nil
 }
 
 func newCertListCommand(e *env) *cobra.Command {

@@ -12,6 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"verge.dev/verge/internal/atomicfile"
 )
 
 // FileName is the file in Config.Dir holding the identity. One file rather
@@ -106,47 +108,6 @@ func save(dir string, st *state) error {
 	if err != nil {
 		return fmt.Errorf("save svid: %w", err)
 	}
-	return writeFile(dir, FileName, data)
-}
-
-// writeFile replaces dir/name atomically with mode 0600 (it holds the
-// private key): temp file, fsync, rename, fsync of the directory, so a crash
-// leaves the old or the new file whole.
-func writeFile(dir, name string, data []byte) (err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("write %q: %w", dir, err)
-	}
-	// CreateTemp makes the file 0600.
-	f, err := os.CreateTemp(dir, "."+name+"-*")
-	if err != nil {
-		return fmt.Errorf("write %q: %w", dir, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %q: %w", f.Name(), err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %q: %w", f.Name(), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %q: %w", f.Name(), err)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("rename %q: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir %q: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir %q: %w", dir, err)
-	}
-	return nil
+	// 0600: it holds the private key.
+	return atomicfile.Write(filepath.Join(dir, FileName), data, 0o600, 0o700)
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"verge.dev/verge/internal/atomicfile"
 	"verge.dev/verge/internal/proxy/config"
 )
 
@@ -44,42 +45,10 @@ func encodeCache(raw map[string][]*resource, versions map[string]string) ([]byte
 	return buf.Bytes(), nil
 }
 
-// writeCache replaces the cache file atomically: temp file, fsync, rename,
-// fsync of the directory, so a crash leaves the old or the new file whole.
-func writeCache(dir string, data []byte) (err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("write xds cache %q: %w", dir, err)
-	}
-	f, err := os.CreateTemp(dir, "."+cacheFileName+"-*")
-	if err != nil {
-		return fmt.Errorf("write xds cache %q: %w", dir, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write xds cache %q: %w", f.Name(), err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync xds cache %q: %w", f.Name(), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close xds cache %q: %w", f.Name(), err)
-	}
-	path := filepath.Join(dir, cacheFileName)
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("rename xds cache %q: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync xds cache dir %q: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync xds cache dir %q: %w", dir, err)
+// writeCache replaces the cache file atomically (internal/atomicfile).
+func writeCache(dir string, data []byte) error {
+	if err := atomicfile.Write(filepath.Join(dir, cacheFileName), data, 0o600, 0o700); err != nil {
+		return fmt.Errorf("write xds cache: %w", err)
 	}
 	return nil
 }
