@@ -208,18 +208,7 @@ func TestLocality(t *testing.T) {
 	t.Parallel()
 	c := startCP(t, "")
 	c.apply(t, lbBackendService)
-	c.apply(t, `apiVersion: verge.dev/v1alpha1
-kind: DestinationPolicy
-metadata: {name: backend-hc}
-spec:
-  targetRef: {kind: Service, name: backend}
-  healthCheck:
-    http: {path: /healthz}
-    interval: 1s
-    timeout: 500ms
-    healthyThreshold: 1
-    unhealthyThreshold: 2
-`)
+	c.apply(t, backendHealthCheck)
 	near, far := startApp(t, "near"), startApp(t, "far")
 	pn := startWorkload(t, c, near, "app=backend,zone=a,region=r1")
 	pf := startWorkload(t, c, far, "app=backend,zone=b,region=r1")

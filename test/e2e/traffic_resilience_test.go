@@ -278,14 +278,9 @@ spec:
 	t.Logf("recovered endpoint back after %s", time.Since(start).Round(100*time.Millisecond))
 }
 
-// TestActiveHealthCheck: an HTTP health check takes an endpoint whose
-// /healthz fails out of rotation, though it still answers requests, and
-// brings it back when /healthz passes again.
-func TestActiveHealthCheck(t *testing.T) {
-	t.Parallel()
-	c := startCP(t, "")
-	c.apply(t, lbBackendService)
-	c.apply(t, `apiVersion: verge.dev/v1alpha1
+// backendHealthCheck probes the backend service's endpoints every second
+// over HTTP: out after two failures, back after one success.
+const backendHealthCheck = `apiVersion: verge.dev/v1alpha1
 kind: DestinationPolicy
 metadata: {name: backend-hc}
 spec:
@@ -296,7 +291,16 @@ spec:
     timeout: 500ms
     healthyThreshold: 1
     unhealthyThreshold: 2
-`)
+`
+
+// TestActiveHealthCheck: an HTTP health check takes an endpoint whose
+// /healthz fails out of rotation, though it still answers requests, and
+// brings it back when /healthz passes again.
+func TestActiveHealthCheck(t *testing.T) {
+	t.Parallel()
+	c := startCP(t, "")
+	c.apply(t, lbBackendService)
+	c.apply(t, backendHealthCheck)
 	a, b := startApp(t, "a"), startApp(t, "b")
 	pa, pb := startWorkload(t, c, a, "app=backend"), startWorkload(t, c, b, "app=backend")
 	client, fe := startClient(t, c, "app=client", "backend:80=10001")
