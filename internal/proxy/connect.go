@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"context"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +32,18 @@ import (
 // The h1 engine hands CONNECT requests to net/http (Options.OnUpgrade), so
 // every CONNECT reaches listenerHandler.ServeHTTP, which calls
 // serveConnect.
+//
+// The tunnel carries whatever the application sends, so the hop to a peer
+// proxy (mutual TLS) must offer the ALPN protocol under which the peer's
+// inbound listener reads those bytes: "verge-tcp" for a TCP service, as a
+// TCP listener dials; "h2" for an HTTP2/GRPC service (the application's
+// HTTP/2 prior-knowledge bytes are what the peer's HTTP/2 server reads);
+// and for an HTTP/1.1 service "http/1.1", for which the peer's inbound
+// listener negotiates no protocol and serves the connection as HTTP/1.1
+// over TLS (as it does the health checks), where the cluster's own "h2"
+// would have its HTTP/2 server read the application's HTTP/1.1 bytes.
+// Either way the peer authorizes the tunnel as this proxy's identity and
+// applies its inbound policy (rate limits, shedding) per request.
 
 // connectRoute returns the CONNECT route of the virtual host whose domain
 // is exactly authority in the route table named table, or nil. The lookup
@@ -91,8 +107,7 @@ func (h listenerHandler) serveConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer ep.Done()
-	// dialUpstream uses nothing of its listener but the proxy.
-	up, upRaw, err := (&tcpListener{p: p}).dialUpstream(r.Context(), cl, ep.Address)
+	up, upRaw, err := p.dialTunnel(r.Context(), cl, ep.Address)
 	if err != nil {
 		p.log.Debug("connect upstream failed", "listener", stat, "cluster", cl.name, "endpoint", ep.Address, "error", err)
 		h.fail(w, r, false, stat, cl.name, failConnect)
@@ -125,6 +140,54 @@ func (h listenerHandler) serveConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	p.metrics.request(stat, cl.name, http.StatusOK)
 	p.tunnel(down, downRaw, up, upRaw)
+}
+
+// tunnelALPN is what a CONNECT tunnel to a TLS endpoint of an HTTP/1.1
+// cluster offers (see the comment at the top of the file).
+var tunnelALPN = []string{"http/1.1"}
+
+// dialTunnel connects a CONNECT tunnel to the endpoint at addr of cl and
+// returns the connection to copy through and the socket under it. Only a
+// TLS endpoint of an HTTP/1.1 cluster differs from a TCP listener's dial:
+// it offers tunnelALPN and accepts a peer that chose no protocol. (A TCP
+// service's cluster is HTTP/1.1 too in the proxy's configuration; its
+// ALPN, verge-tcp rather than h2, tells them apart.)
+func (p *Proxy) dialTunnel(ctx context.Context, cl *cluster, addr string) (net.Conn, net.Conn, error) {
+	if cl.cfg.Protocol != config.UpstreamHTTP1 || !cl.isTLS(addr) || cl.cfg.TLS == nil || !slices.Contains(cl.cfg.TLS.ALPN, "h2") {
+		// dialUpstream uses nothing of its listener but the proxy.
+		return (&tcpListener{p: p}).dialUpstream(ctx, cl, addr)
+	}
+	u := cl.tls
+	if u.err != nil {
+		p.warnOnce("cluster/"+cl.name, "tls endpoints not reached", "cluster", cl.name, "error", u.err)
+		return nil, nil, u.unusable(cl.name, addr)
+	}
+	cfg := u.cfg.Clone()
+	cfg.NextProtos = tunnelALPN
+	d := net.Dialer{Timeout: cl.connectTimeout}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	u.opened.Inc()
+	u.gauge.Inc()
+	counted := &countedConn{Conn: raw, gauge: u.gauge}
+	tc := tls.Client(counted, cfg)
+	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = counted.Close()
+		u.failed.WithLabelValues(cl.name, refusalReason(err)).Inc()
+		return nil, nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+	}
+	if np := tc.ConnectionState().NegotiatedProtocol; np != "" && np != tunnelALPN[0] {
+		_ = counted.Close()
+		u.failed.WithLabelValues(cl.name, "alpn").Inc()
+		return nil, nil, fmt.Errorf("tls handshake with %s: peer negotiated %q for an HTTP/1.1 tunnel", addr, np)
+	}
+	// Tracked so that a revocation of the peer closes the tunnel too.
+	u.trackUpstream(tc, counted)
+	return tc, counted, nil
 }
 
 // tunnel copies bytes both ways between down and up, half-closing each

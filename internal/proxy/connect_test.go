@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,4 +131,92 @@ func TestHTTPProxyConnect(t *testing.T) {
 	if n := echoConns(); n != 1 {
 		t.Errorf("echo accepted %d connections, want 1 (refused CONNECTs must not dial)", n)
 	}
+}
+
+// TestHTTPProxyConnectMTLS: a CONNECT tunnel to an HTTP/1.1 service whose
+// endpoint is a peer proxy with STRICT mutual TLS carries the
+// application's HTTP/1.1 requests to the peer's application, and the peer
+// served them as HTTP/1.1 over TLS (no protocol negotiated), not as h2;
+// a tunnel to a TCP service's peer still offers verge-tcp.
+func TestHTTPProxyConnectMTLS(t *testing.T) {
+	_, in, out := meshIdentities(t)
+	app := startBackend(t, "web", nil)
+	echo, _ := startEcho(t)
+	peer := startProxy(t, identityConfig(in), inboundSnapshot(meshOpts{appAddr: app.addr, kind: config.ListenerHTTP, appProto: config.UpstreamHTTP1, mode: config.TLSStrict}))
+	tcpPeer := startProxy(t, identityConfig(in), inboundSnapshot(meshOpts{appAddr: echo, kind: config.ListenerTCP, mode: config.TLSStrict}))
+	s := httpProxySnapshot(peer.addr(t, "inbound"), tcpPeer.addr(t, "inbound"))
+	for name, alpn := range map[string]string{"web.default.mesh:80": "h2", "echo.default.mesh:5432": "verge-tcp"} {
+		cl := s.Clusters[name]
+		cl.Endpoints[0].TLS = true
+		cl.TLS = &config.UpstreamTLS{CertSecret: config.SecretIdentity, CASecret: config.SecretTrustBundle,
+			PeerIDs: []string{"spiffe://verge.local/ns/default/sa/backend"}, ALPN: []string{alpn}, SNI: name}
+	}
+	tp := startProxy(t, identityConfig(out), s)
+	if err := connectEcho(tp.addr(t, "outbound_http_proxy"), "echo.default.mesh:5432"); err != nil {
+		t.Errorf("tunnel to the TCP service: %v", err)
+	}
+
+	c, err := net.DialTimeout("tcp", tp.addr(t, "outbound_http_proxy"), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	const authority = "web.default.mesh:80"
+	if _, err := io.WriteString(c, "CONNECT "+authority+" HTTP/1.1\r\nHost: "+authority+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT %s: %v %v, want 200", authority, res, err)
+	}
+	// Two requests on the tunnel: it stays an HTTP/1.1 connection.
+	for i, path := range []string{"/one", "/two"} {
+		req, _ := http.NewRequest(http.MethodPost, "http://web.default.mesh"+path, strings.NewReader("hello"))
+		if err := req.Write(c); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		res, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || string(body) != "web POST 5" || res.Header.Get("X-Seen-Path") != path {
+			t.Fatalf("response %d: %d %q seen at %q, want 200 \"web POST 5\" at %s", i, res.StatusCode, body, res.Header.Get("X-Seen-Path"), path)
+		}
+	}
+	if got := metricValue(t, peer.metrics.tlsHandshakes.WithLabelValues("inbound", "")); got != 1 {
+		t.Errorf("peer's handshakes without a protocol = %v, want 1 (the tunnel)", got)
+	}
+}
+
+// connectEcho opens a CONNECT tunnel to target through the HTTP proxy at
+// proxyAddr and echoes a line through it.
+func connectEcho(proxyAddr, target string) error {
+	c, err := net.DialTimeout("tcp", proxyAddr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n"); err != nil {
+		return err
+	}
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("CONNECT %s: %s", target, res.Status)
+	}
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		return err
+	}
+	if got, err := br.ReadString('\n'); err != nil || got != "ping\n" {
+		return fmt.Errorf("echo through the tunnel: %q, %v", got, err)
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -517,10 +518,33 @@ func (g *clusterGuard) retryDone() {
 	}
 }
 
-// report feeds an attempt's outcome on ep to outlier detection and, with
-// rtt > 0, to latency-aware balancing; it ends ep's in-flight count like
-// ep.Done. status is 0 when no response head arrived.
+// overloadHold is how long an endpoint that answered 503 counts as
+// overloaded for locality spill-over (balancer.Endpoint.MarkOverloaded).
+// Long enough that a zone refusing work sheds its share for a while
+// rather than get every other request; short enough that traffic comes
+// back within about a second of the load dropping. The endpoint gets a
+// request again when it lapses and is marked anew if it still refuses.
+const overloadHold = time.Second
+
+// noteStatus marks ep overloaded when an attempt on it was answered 503
+// Service Unavailable, which HTTP defines as "temporarily overloaded or
+// down for maintenance": the answer of a peer proxy's shedder (inbound
+// overload), of its circuit breaker, and of a server refusing work. Every
+// path that ends an attempt with the upstream's status calls it (report
+// does), whether or not the cluster has a guard: locality spill-over is
+// the balancer's, not a policy's.
+func noteStatus(ep *balancer.Endpoint, status int) {
+	if status == http.StatusServiceUnavailable {
+		ep.MarkOverloaded(overloadHold)
+	}
+}
+
+// report feeds an attempt's outcome on ep to outlier detection, to
+// locality spill-over (noteStatus) and, with rtt > 0, to latency-aware
+// balancing; it ends ep's in-flight count like ep.Done. status is 0 when
+// no response head arrived. g may be nil.
 func (g *clusterGuard) report(ep *balancer.Endpoint, status int, failure resilience.Failure, rtt time.Duration) {
+	noteStatus(ep, status)
 	if g != nil {
 		if d := g.det.Load(); d != nil {
 			d.Report(ep.Address, resilience.ResultOf(status, failure))

@@ -17,6 +17,10 @@ type clusterStatus struct {
 	Priorities []priorityStatus `json:"priorities,omitempty"`
 	// Ejected are the endpoints out of rotation and why.
 	Ejected []ejectedStatus `json:"ejected,omitempty"`
+	// Overloaded are the endpoints marked overloaded now (they answered
+	// 503 within the hold; see noteStatus), which counts only where the
+	// cluster has several priority levels.
+	Overloaded []string `json:"overloaded,omitempty"`
 	// Breaker, RetryBudget and Outlier are set for clusters with traffic
 	// settings.
 	Breaker     map[string]breakerStatus `json:"breaker,omitempty"`
@@ -26,10 +30,11 @@ type clusterStatus struct {
 }
 
 type priorityStatus struct {
-	Priority  uint32 `json:"priority"`
-	Endpoints int    `json:"endpoints"`
-	Ejected   int    `json:"ejected"`
-	Percent   uint32 `json:"percent"`
+	Priority   uint32 `json:"priority"`
+	Endpoints  int    `json:"endpoints"`
+	Ejected    int    `json:"ejected"`
+	Overloaded int    `json:"overloaded,omitempty"`
+	Percent    uint32 `json:"percent"`
 }
 
 type ejectedStatus struct {
@@ -75,6 +80,9 @@ func (p *Proxy) clusterStatuses() []clusterStatus {
 		for _, ep := range cl.bal.Endpoints() {
 			if ep.Ejected() {
 				cs.Ejected = append(cs.Ejected, g.ejectedStatus(ep.Address))
+			}
+			if ep.Overloaded() {
+				cs.Overloaded = append(cs.Overloaded, ep.Address)
 			}
 		}
 		if g != nil {

@@ -528,3 +528,33 @@ func TestGuardHTTP1MaxConnections(t *testing.T) {
 		}
 	}
 }
+
+// TestReportMarksOverload: an attempt answered 503 marks its endpoint
+// overloaded, with or without a guard, and the priority split moves to
+// the next level; other answers and failures without a response do not.
+func TestReportMarksOverload(t *testing.T) {
+	bal := balancer.New(config.LBRoundRobin, []config.Endpoint{
+		{Address: "10.0.0.1:80", Weight: 1, Priority: 0},
+		{Address: "10.0.1.1:80", Weight: 1, Priority: 1},
+	}).(*balancer.Priority)
+	near := bal.Endpoints()[0]
+	var g *clusterGuard
+	for _, status := range []int{200, 500, 502, 0} {
+		ep := bal.Pick()
+		g.report(ep, status, resilience.FailureNone, time.Millisecond)
+		if near.Overloaded() {
+			t.Fatalf("answer %d marked the endpoint overloaded", status)
+		}
+	}
+	ep := bal.Pick()
+	if ep != near {
+		t.Fatalf("picked %s with level 0 available", ep.Address)
+	}
+	g.report(ep, http.StatusServiceUnavailable, resilience.FailureNone, time.Millisecond)
+	if !near.Overloaded() {
+		t.Fatal("a 503 did not mark the endpoint overloaded")
+	}
+	if loads := bal.Loads(); loads[0].Percent != 0 || loads[1].Percent != 100 {
+		t.Errorf("loads with level 0 overloaded: %+v, want everything at level 1", loads)
+	}
+}

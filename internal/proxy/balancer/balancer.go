@@ -1,12 +1,14 @@
 // Package balancer owns the proxy's endpoint pickers: which upstream endpoint
 // of a cluster receives the next request. That covers the algorithms (round
 // robin, least request, ring hash, Maglev, peak EWMA), locality priorities
-// with Envoy's spill-over, the per-endpoint live state they read (in-flight
-// count, ejection flag, latency estimate) and the hash of request keys for
-// session affinity. It does no I/O and decides nothing about health: the
-// proxy feeds it endpoint sets, calls Pick on the request path and reports
-// ends of requests; the outlier detector and health checker set the ejection
-// flag.
+// with Envoy's spill-over (of unhealthy and of overloaded endpoints), the
+// per-endpoint live state they read (in-flight count, ejection flag,
+// overload mark, latency estimate) and the hash of request keys for
+// session affinity. It does no I/O and decides nothing about health or
+// load: the proxy feeds it endpoint sets, calls Pick on the request path and
+// reports ends of requests; the outlier detector and health checker set the
+// ejection flag, and the proxy marks an endpoint overloaded when it answers
+// that it is (MarkOverloaded).
 //
 // A Balancer publishes immutable tables through atomic pointers, so Pick
 // never takes a lock and never allocates; Update builds new tables and
@@ -42,6 +44,10 @@ type Endpoint struct {
 	// guarded by own.mu, nil once e has left the balancer.
 	level *health
 	rtt   rttEstimate
+	// overloaded is the overload mark (MarkOverloaded), changed under
+	// own.mu; overUntil is the owner's nanotime at which it lapses.
+	overloaded atomic.Bool
+	overUntil  atomic.Int64
 }
 
 // InFlight is the number of requests picked for this endpoint and not yet
@@ -70,7 +76,12 @@ func (e *Endpoint) SetEjected(ejected bool) {
 		e.own.mu.Lock()
 		defer e.own.mu.Unlock()
 	}
-	if e.ejected.Swap(ejected) == ejected || e.level == nil {
+	if e.ejected.Load() == ejected {
+		return
+	}
+	wasOut := e.outLocked()
+	e.ejected.Store(ejected)
+	if e.level == nil {
 		return
 	}
 	if ejected {
@@ -78,10 +89,62 @@ func (e *Endpoint) SetEjected(ejected bool) {
 	} else {
 		e.level.ejected.Add(-1)
 	}
+	e.level.countOut(wasOut, e.outLocked())
 }
 
 // Ejected reports whether the endpoint is ejected (see SetEjected).
 func (e *Endpoint) Ejected() bool { return e.ejected.Load() }
+
+// MarkOverloaded records that the endpoint said it is overloaded (the
+// proxy calls it when an endpoint answers 503) and keeps it so for hold
+// from now; a later mark extends it. While marked, in a balancer with
+// more than one priority level, the endpoint counts as unavailable for its
+// level's share of traffic (which spills to the next level as it would
+// for an ejected endpoint) and its level's picks pass it over while the
+// level has any other usable endpoint. With a single level the mark
+// changes nothing: spreading load within a level is the policy's job
+// (least request, peak EWMA), and ejecting a failing endpoint outlier
+// detection's.
+//
+// The mark lapses by itself: the next pick after hold clears it, so the
+// endpoint takes traffic again and is marked anew if it still refuses.
+// Safe from any goroutine; an endpoint already marked costs two atomic
+// operations, a new mark takes the lock shared with Update.
+func (e *Endpoint) MarkOverloaded(hold time.Duration) {
+	until := e.own.nanotime() + int64(hold)
+	// Racing with a sweep that read the old deadline, this extension may
+	// be cleared with it: the endpoint then gets one more try early.
+	e.overUntil.Store(until)
+	if e.overloaded.Load() {
+		return
+	}
+	if e.own != nil {
+		e.own.mu.Lock()
+		defer e.own.mu.Unlock()
+	}
+	if e.overloaded.Load() {
+		return
+	}
+	wasOut := e.outLocked()
+	e.overloaded.Store(true)
+	if h := e.level; h != nil {
+		h.overloaded.Add(1)
+		h.countOut(wasOut, true)
+		if next := h.nextExpiry.Load(); next == 0 || until < next {
+			h.nextExpiry.Store(until)
+		}
+	}
+}
+
+// Overloaded reports whether the endpoint carries an overload mark that
+// has not lapsed (see MarkOverloaded).
+func (e *Endpoint) Overloaded() bool {
+	return e.overloaded.Load() && e.overUntil.Load() > e.own.nanotime()
+}
+
+// outLocked reports whether the endpoint is ejected or marked overloaded.
+// Callers hold the owner's lock (or own the endpoint alone).
+func (e *Endpoint) outLocked() bool { return e.ejected.Load() || e.overloaded.Load() }
 
 // Balancer picks endpoints for one cluster.
 //
@@ -177,10 +240,79 @@ func (o *owner) nanotime() int64 {
 	return int64(time.Since(clockBase))
 }
 
-// health is the live ejection count of one priority level's endpoints.
+// health is the live ejection and overload count of one priority level's
+// endpoints. Its counts change under the endpoints' owner lock.
 type health struct {
 	ejected atomic.Int64
-	total   int64
+	// overloaded counts the level's overload marks, lapsed or not, and
+	// out its endpoints that are ejected or marked (either or both).
+	overloaded atomic.Int64
+	out        atomic.Int64
+	// nextExpiry is the owner's nanotime at or after which some mark may
+	// have lapsed (0: no mark); sweep clears them then.
+	nextExpiry atomic.Int64
+	total      int64
+	// aware says overload marks count (the balancer has several
+	// priority levels); fixed before the health is published.
+	aware bool
+	eps   []*Endpoint
+	own   *owner
+}
+
+// countOut applies an endpoint's change from wasOut to isOut (see
+// Endpoint.outLocked). Callers hold the owner's lock.
+func (h *health) countOut(wasOut, isOut bool) {
+	switch {
+	case isOut && !wasOut:
+		h.out.Add(1)
+	case wasOut && !isOut:
+		h.out.Add(-1)
+	}
+}
+
+// down is the number of the level's endpoints that take no picks while
+// others do: ejected ones, and overloaded ones when marks count.
+func (h *health) down() int64 {
+	if h.aware {
+		return h.out.Load()
+	}
+	return h.ejected.Load()
+}
+
+// sweep clears the overload marks that have lapsed once the earliest is
+// due. It is called on the pick path of a balancer with several levels:
+// without a mark it is one atomic load, and it never waits for the lock
+// (a busy lock leaves the sweep to a later pick).
+func (h *health) sweep() {
+	if h.overloaded.Load() == 0 {
+		return
+	}
+	now := h.own.nanotime()
+	if next := h.nextExpiry.Load(); next == 0 || now < next {
+		return
+	}
+	if h.own == nil || !h.own.mu.TryLock() {
+		return
+	}
+	defer h.own.mu.Unlock()
+	var next int64
+	for _, e := range h.eps {
+		// An endpoint of this table that an Update moved to another
+		// level is counted there, not here.
+		if e.level != h || !e.overloaded.Load() {
+			continue
+		}
+		if until := e.overUntil.Load(); until > now {
+			if next == 0 || until < next {
+				next = until
+			}
+			continue
+		}
+		e.overloaded.Store(false)
+		h.overloaded.Add(-1)
+		h.countOut(true, e.ejected.Load())
+	}
+	h.nextExpiry.Store(next)
 }
 
 // resolveLocked maps in to endpoints, reusing those of old by address
@@ -216,14 +348,24 @@ func (o *owner) resolveLocked(old []*Endpoint, in []config.Endpoint) (eps []*End
 	return eps, weights, prios
 }
 
-// assignLocked returns a health counting eps and points each endpoint at
-// it. Callers hold the endpoints' owner lock.
-func assignLocked(eps []*Endpoint) *health {
-	h := &health{total: int64(len(eps))}
+// assignLocked returns a health of o counting eps and points each
+// endpoint at it; aware says whether overload marks count (see
+// health.aware). Callers hold o.mu.
+func (o *owner) assignLocked(eps []*Endpoint, aware bool) *health {
+	h := &health{total: int64(len(eps)), aware: aware, eps: eps, own: o}
 	for _, e := range eps {
 		e.level = h
 		if e.ejected.Load() {
 			h.ejected.Add(1)
+		}
+		if e.overloaded.Load() {
+			h.overloaded.Add(1)
+			if until := e.overUntil.Load(); h.nextExpiry.Load() == 0 || until < h.nextExpiry.Load() {
+				h.nextExpiry.Store(until)
+			}
+		}
+		if e.outLocked() {
+			h.out.Add(1)
 		}
 	}
 	return h
@@ -244,7 +386,7 @@ type table struct {
 
 func newTable(eps []*Endpoint, weights []uint32, h *health) *table {
 	if h == nil {
-		h = &health{total: int64(len(eps))}
+		h = &health{total: int64(len(eps)), eps: eps}
 	}
 	return &table{eps: eps, weights: weights, schedule: buildSchedule(weights), health: h}
 }
@@ -264,12 +406,20 @@ func (t *table) index(i uint64) uint32 {
 	return uint32(i)
 }
 
-// panicking reports whether every endpoint is ejected, in which case picks
-// ignore ejection (Envoy's panic mode: a likely-bad endpoint beats none).
-func (t *table) panicking() bool { return t.health.ejected.Load() >= int64(len(t.eps)) }
+// panicking reports whether every endpoint is out (ejected, or overloaded
+// where that counts), in which case picks ignore both (Envoy's panic mode:
+// a likely-bad endpoint beats none).
+func (t *table) panicking() bool { return t.health.down() >= int64(len(t.eps)) }
+
+// out reports whether eps[i] is out of rotation: ejected, or marked
+// overloaded where marks count.
+func (t *table) out(i uint32) bool {
+	e := t.eps[i]
+	return e.ejected.Load() || (t.health.aware && e.overloaded.Load())
+}
 
 // usable reports whether eps[i] may take a pick.
-func (t *table) usable(i uint32) bool { return !t.eps[i].ejected.Load() || t.panicking() }
+func (t *table) usable(i uint32) bool { return !t.out(i) || t.panicking() }
 
 // sample returns a random index into eps, weighted.
 func (t *table) sample() uint32 { return t.index(rand.Uint64N(t.size())) }
@@ -286,11 +436,11 @@ func (t *table) healthyIndex() uint32 {
 	n := uint32(len(t.eps))
 	start := rand.Uint32N(n)
 	for k := range n {
-		if i := (start + k) % n; !t.eps[i].ejected.Load() {
+		if i := (start + k) % n; !t.out(i) {
 			return i
 		}
 	}
-	return start // all ejected meanwhile: panic mode
+	return start // all out meanwhile: panic mode
 }
 
 // endpoints is the shared Update logic of the flat balancers.
@@ -309,7 +459,7 @@ func (s *endpoints) update(in []config.Endpoint, install func([]*Endpoint, []uin
 		old = t.eps
 	}
 	eps, weights, _ := s.own.resolveLocked(old, in)
-	install(eps, weights, assignLocked(eps))
+	install(eps, weights, s.own.assignLocked(eps, false))
 }
 
 func (s *endpoints) Endpoints() []*Endpoint {

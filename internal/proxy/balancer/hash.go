@@ -167,7 +167,7 @@ func (b *RingHash) PickHash(hash uint64) *Endpoint {
 		// Walk on, bounded by the ring; every endpoint's points are spread
 		// along it, so a usable one comes soon unless nearly all are out.
 		for k := 1; k < len(r.owners); k++ {
-			if c := r.owners[(i+k)%len(r.owners)]; !t.eps[c].ejected.Load() {
+			if c := r.owners[(i+k)%len(r.owners)]; !t.out(c) {
 				idx = c
 				break
 			}

@@ -18,22 +18,29 @@ const overprovisioning = 140
 // cluster's policy per level present, and splits traffic between levels as
 // Envoy's priority load does:
 //
-//	health(L)  = min(100, 140 × healthy(L) / endpoints(L))   // percent, floored
+//	health(L)  = min(100, 140 × available(L) / endpoints(L))   // percent, floored
 //	total      = min(100, Σ health(L))
 //	load(L)    = min(100 - Σ_{K<L} load(K), health(L) × 100 / total)
 //
 // and any rounding remainder goes to the first level with health > 0.
-// "Healthy" means not ejected (see Endpoint.SetEjected); the data path only
+// "Available" means neither ejected (see Endpoint.SetEjected) nor marked
+// overloaded (Endpoint.MarkOverloaded): an overloaded endpoint is treated
+// as Envoy treats a degraded one, kept out of its level's healthy share,
+// so that a zone whose endpoints refuse work for want of capacity spills
+// to the next level as a zone of unhealthy ones does. The data path only
 // ever receives endpoints the control plane reports healthy. So level 0
-// takes everything while at least ~71.4% of it is healthy, spills the
-// shortfall to level 1, then 2; when few endpoints are healthy anywhere the
-// loads are scaled up to sum to 100. When every endpoint of every level is
-// ejected, traffic goes to level 0 and its child picks among all of them
-// (panic mode). Within a level, the child skips ejected endpoints.
+// takes everything while at least ~71.4% of it is available, spills the
+// shortfall to level 1, then 2; when few endpoints are available anywhere
+// the loads are scaled up to sum to 100. When every endpoint of every
+// level is out, traffic goes to level 0 and its child picks among all of
+// them (panic mode). Within a level, the child skips endpoints that are
+// out. With a single level, overload marks are ignored (see
+// MarkOverloaded).
 //
-// Pick reads the per-level ejection counts (atomics kept exact by
-// SetEjected) and computes the loads on the fly: no lock, no allocation,
-// a few integer operations per level. Use New to make one.
+// Pick reads the per-level counts (atomics kept exact under the owner's
+// lock) and computes the loads on the fly: no lock, no allocation, a few
+// integer operations per level; a level with an overload mark due to
+// lapse is swept first (Endpoint.MarkOverloaded). Use New to make one.
 type Priority struct {
 	policy config.LBPolicy
 	opts   Options
@@ -77,6 +84,12 @@ func (p *Priority) Update(in []config.Endpoint) {
 	}
 	slices.SortStableFunc(order, func(a, b int) int { return cmpUint32(prios[a], prios[b]) })
 	st := &prioState{all: eps}
+	levels := 0
+	for i := range order {
+		if i == 0 || prios[order[i]] != prios[order[i-1]] {
+			levels++
+		}
+	}
 	for start := 0; start < len(order); {
 		pr := prios[order[start]]
 		end := start
@@ -87,7 +100,7 @@ func (p *Priority) Update(in []config.Endpoint) {
 			lws = append(lws, weights[order[end]])
 		}
 		start = end
-		h := assignLocked(les)
+		h := p.own.assignLocked(les, levels > 1)
 		c, ok := oldChildren[pr]
 		if !ok {
 			c = newChild(p.policy, p.opts)
@@ -128,7 +141,15 @@ func (p *Priority) Pick() *Endpoint {
 	if len(st.levels) == 1 {
 		return st.levels[0].b.Pick()
 	}
+	st.sweep()
 	return st.levels[st.choose(rand.Uint64N(100))].b.Pick()
+}
+
+// sweep clears lapsed overload marks of every level (health.sweep).
+func (st *prioState) sweep() {
+	for i := range st.levels {
+		st.levels[i].h.sweep()
+	}
 }
 
 // PickHash chooses a level by hash (as Envoy does, so a key keeps its level
@@ -141,6 +162,7 @@ func (p *Priority) PickHash(hash uint64) *Endpoint {
 	}
 	l := &st.levels[0]
 	if len(st.levels) > 1 {
+		st.sweep()
 		l = &st.levels[st.choose(hash%100)]
 	}
 	if l.hp != nil {
@@ -149,13 +171,13 @@ func (p *Priority) PickHash(hash uint64) *Endpoint {
 	return l.b.Pick()
 }
 
-// percent is the level's health as Envoy computes it: healthy share times
-// the overprovisioning factor, capped at 100.
+// percent is the level's health as Envoy computes it: available share
+// times the overprovisioning factor, capped at 100.
 func (h *health) percent() uint64 {
 	if h.total == 0 {
 		return 0
 	}
-	healthy := max(h.total-h.ejected.Load(), 0)
+	healthy := max(h.total-h.down(), 0)
 	return min(100, overprovisioning*uint64(healthy)/uint64(h.total))
 }
 
@@ -187,7 +209,8 @@ func (st *prioState) choose(r uint64) int {
 	if first >= 0 {
 		return first
 	}
-	// A concurrent SetEjected changed the health between the passes.
+	// A concurrent SetEjected or mark changed the health between the
+	// passes.
 	return 0
 }
 
@@ -196,6 +219,9 @@ type LevelLoad struct {
 	Priority  uint32
 	Endpoints int
 	Ejected   int
+	// Overloaded counts the endpoints whose overload mark has not lapsed
+	// (whether or not also ejected).
+	Overloaded int
 	// Percent is the share of picks the level receives now.
 	Percent uint32
 }
@@ -207,9 +233,17 @@ func (p *Priority) Loads() []LevelLoad {
 	if st == nil || len(st.levels) == 0 {
 		return nil
 	}
+	if len(st.levels) > 1 {
+		st.sweep()
+	}
 	out := make([]LevelLoad, len(st.levels))
 	for i, l := range st.levels {
 		out[i] = LevelLoad{Priority: l.priority, Endpoints: int(l.h.total), Ejected: int(l.h.ejected.Load())}
+		for _, e := range l.h.eps {
+			if e.Overloaded() {
+				out[i].Overloaded++
+			}
+		}
 	}
 	if len(out) == 1 {
 		out[0].Percent = 100
