@@ -101,6 +101,8 @@ func KindOf(obj Object) (Kind, bool) {
 		name = "MeshTLS"
 	case *AuthorizationPolicy:
 		name = "AuthorizationPolicy"
+	case *Telemetry:
+		name = "Telemetry"
 	default:
 		return Kind{}, false
 	}

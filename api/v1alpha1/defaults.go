@@ -45,6 +45,8 @@ func Default(obj Object) {
 		defaultFaultInjection(o)
 	case *AuthorizationPolicy:
 		defaultAuthorizationPolicy(o)
+	case *Telemetry:
+		defaultTelemetry(o)
 	}
 }
 

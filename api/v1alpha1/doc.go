@@ -9,8 +9,9 @@
 // Validation covers what the Gateway API's CRDs check (patterns and CEL
 // rules, route filters included) because Verge also runs without a
 // Kubernetes API server, plus Verge's own limits: DestinationPolicy and
-// FaultInjection ranges and contradictions, and what Envoy would refuse in
-// the resources they become (docs/xds-traffic.md).
+// FaultInjection ranges and contradictions, Telemetry paths, rates and
+// collector addresses, and what Envoy would refuse in the resources they
+// become (docs/xds-traffic.md, docs/xds-telemetry.md).
 //
 // The package is pure: no I/O, no clock, no logging. Every input takes the same
 // path: Decode (strict: unknown fields are errors) → Default (idempotent) →

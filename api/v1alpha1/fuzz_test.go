@@ -36,6 +36,10 @@ func FuzzDecodeValidate(f *testing.F) {
 		"  loadBalancer: {policy: RingHash, consistentHash: {cookie: {name: c, ttl: 1s}}}\n  retry: {retryOn: [reset], baseInterval: 99999h}\n" +
 		"  outlierDetection: {consecutive5xx: 0}\n  healthCheck: {tcp: {send: a}, interval: 1s, timeout: 999ms}\n" +
 		"  rateLimit: {requestsPerSecond: 1, by: \"header:x\"}\n  overload: {maxConcurrent: 1, routeClasses: {r: bulk}}\n  bandwidth: {bytesPerSecond: 1024}\n"))
+	f.Add([]byte(`{"apiVersion":"verge.dev/v1alpha1","kind":"Telemetry","metadata":{"name":"t","namespace":"verge-system"},` +
+		`"spec":{"service":"w","accessLog":{"path":"/a\u0000b"},"tracing":{"samplingPercent":1e-300,"collector":"[::1]:4317"},"metrics":{}}}`))
+	f.Add([]byte("apiVersion: verge.dev/v1alpha1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n" +
+		"  accessLog: {enabled: false, path: \"/x\\ny\"}\n  tracing: {samplingPercent: .nan, collector: \"h:99999\"}\n"))
 	f.Add([]byte("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: b}]\n  rules:\n" +
 		"  - matches: [{path: {value: /a}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]\n" +
 		"  - filters: [{type: URLRewrite, urlRewrite: {hostname: h}}, {type: RequestMirror, requestMirror: {backendRef: {name: m, port: 1}, fraction: {numerator: 0}}}]\n" +

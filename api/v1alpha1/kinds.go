@@ -56,6 +56,8 @@ var Kinds = []Kind{
 			o.APIVersion, o.Kind = Group+"/"+Version, "AuthorizationPolicy"
 			return o
 		}},
+	{Group: Group, Version: Version, Kind: "Telemetry", Plural: "telemetries", Short: []string{"tel"},
+		New: func() Object { o := &Telemetry{}; o.APIVersion, o.Kind = Group+"/"+Version, "Telemetry"; return o }},
 }
 
 // KindByName finds a kind by its Kind, plural or short name (case-insensitive

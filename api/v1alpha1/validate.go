@@ -43,6 +43,8 @@ func Validate(obj Object) field.ErrorList {
 		errs = append(errs, validateMeshTLSSpec(&o.Spec, spec)...)
 	case *AuthorizationPolicy:
 		errs = append(errs, validateAuthorizationPolicySpec(&o.Spec, spec)...)
+	case *Telemetry:
+		errs = append(errs, validateTelemetrySpec(&o.Spec, spec)...)
 	}
 	return append(errs, controlCharacters(reflect.ValueOf(obj), nil)...)
 }

@@ -370,6 +370,7 @@ func TestDiscovery(t *testing.T) {
 			"verge.dev/v1alpha1/faultinjections=FaultInjection(fi)",
 			"verge.dev/v1alpha1/meshtlses=MeshTLS(mtls)",
 			"verge.dev/v1alpha1/authorizationpolicies=AuthorizationPolicy(ap)",
+			"verge.dev/v1alpha1/telemetries=Telemetry(tel)",
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("GET %s (-want +got):\n%s", p, diff)

@@ -180,6 +180,8 @@ func columns(k v1alpha1.Kind) []string {
 		return []string{"ADDRESS", "PORTS", "SERVICEACCOUNT"}
 	case "DestinationPolicy":
 		return []string{"TARGET", "POLICY"}
+	case "Telemetry":
+		return []string{"SCOPE", "ACCESSLOG", "TRACING", "METRICS"}
 	default:
 		return []string{"PARENTS", "RULES"}
 	}
@@ -197,8 +199,34 @@ func cells(o v1alpha1.Object) []string {
 		return []string{parents(o.Spec.ParentRefs), strconv.Itoa(len(o.Spec.Rules))}
 	case *v1alpha1.DestinationPolicy:
 		return []string{policyTarget(o.Spec.TargetRef), lbPolicy(o.Spec.LoadBalancer)}
+	case *v1alpha1.Telemetry:
+		return telemetryCells(o)
 	}
 	return nil
+}
+
+// telemetryCells renders a Telemetry's scope (mesh, namespace or
+// service/NAME), its access log path, its sampling rate and collector, and
+// whether metrics are on.
+func telemetryCells(t *v1alpha1.Telemetry) []string {
+	scope := "namespace"
+	switch {
+	case t.Spec.Service != "":
+		scope = "service/" + t.Spec.Service
+	case t.Namespace == v1alpha1.MeshNamespace:
+		scope = "mesh"
+	}
+	log, trace, metrics := "off", "off", "on"
+	if t.Spec.AccessLogOn() {
+		log = t.Spec.AccessLog.Path
+	}
+	if tr := t.Spec.Tracing; tr != nil && tr.SamplingPercent != nil {
+		trace = strconv.FormatFloat(*tr.SamplingPercent, 'g', -1, 64) + "%->" + tr.Collector
+	}
+	if !t.Spec.MetricsOn() {
+		metrics = "off"
+	}
+	return []string{scope, log, trace, metrics}
 }
 
 // servicePorts renders ports as kubectl does: 80/HTTP, or 80:8080/HTTP when

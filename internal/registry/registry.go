@@ -297,6 +297,7 @@ func (r *Registry) Mesh() (m translate.Mesh, ok bool) {
 	sortObjects(m.MeshTLSes)
 	sortObjects(m.AuthorizationPolicies)
 	sortObjects(m.FaultInjections)
+	sortObjects(m.Telemetries)
 	return m, true
 }
 

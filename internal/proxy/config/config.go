@@ -117,6 +117,51 @@ type Listener struct {
 	// Traffic is the inbound listener's overload shedding and bandwidth
 	// cap; nil for none.
 	Traffic *ListenerTraffic
+	// Telemetry is the listener's access log and tracing (from the HTTP
+	// connection manager's access_log and tracing fields, or the TCP
+	// proxy's access_log), its metrics switch and its service (from the
+	// listener metadata "verge.telemetry"); nil: none of them, metrics on
+	// (docs/xds-telemetry.md).
+	Telemetry *ListenerTelemetry
+}
+
+// ListenerTelemetry is what a listener records about its traffic besides
+// the default metrics: access log, traces, and whether metrics are kept.
+type ListenerTelemetry struct {
+	// AccessLog, when set, writes one JSON line per request (HTTP) or
+	// connection (TCP).
+	AccessLog *AccessLog
+	// Tracing, when set, makes the listener start or continue traces.
+	Tracing *Tracing
+	// MetricsDisabled turns the listener's golden metrics and reports to
+	// the control plane off.
+	MetricsDisabled bool
+	// Service is the local workload's service, "NAME.NS", that the
+	// listener's requests are labelled with (the destination of inbound
+	// requests, the source of outbound ones); "" when unknown.
+	Service string
+}
+
+// AccessLog is a file access log (envoy.access_loggers.file with a
+// json_format).
+type AccessLog struct {
+	// Path is a file path, or "/dev/stdout".
+	Path string
+}
+
+// Tracing is the HTTP connection manager's OpenTelemetry tracing.
+type Tracing struct {
+	// SamplePercent is the share of requests that start a sampled trace
+	// when the incoming request carries no sampling decision (0..100).
+	SamplePercent float64
+	// Collector is the cluster of the OTLP/gRPC trace collector, in
+	// Snapshot.Clusters ("verge-otlp", HTTP/2, one endpoint: the
+	// collector's host:port, a host name when the cluster was
+	// STRICT_DNS). The cluster may be absent, as a route's may: spans are
+	// then dropped.
+	Collector string
+	// ServiceName is the service.name resource attribute of the spans.
+	ServiceName string
 }
 
 // RouteTable is a route configuration: virtual hosts chosen by Host/:authority.

@@ -267,6 +267,9 @@ func convertListener(l *listenerv3.Listener) (*config.Listener, *config.RouteTab
 	var inline *config.RouteTable
 	filters := fc.GetFilters()
 	var errs []error
+	if err := convertListenerMetadata(l, out); err != nil {
+		errs = append(errs, err)
+	}
 	var authzFilters []*listenerv3.Filter
 	bandwidthAt, terminalAt := -1, -1
 	for i, f := range filters {
@@ -314,6 +317,10 @@ func convertListener(l *listenerv3.Listener) (*config.Listener, *config.RouteTab
 			}
 			if tp.GetCluster() == "" {
 				errs = append(errs, fmt.Errorf("%s.typed_config.cluster: required (weighted_clusters is unsupported)", path))
+				continue
+			}
+			if err := convertAccessLogs(tp.GetAccessLog(), false, out, path+".typed_config.access_log"); err != nil {
+				errs = append(errs, err)
 				continue
 			}
 			out.Kind = config.ListenerTCP
@@ -384,6 +391,9 @@ func convertHCMBody(hcm *hcmv3.HttpConnectionManager, out *config.Listener) (*co
 		return nil, errors.New(".codec_type: HTTP3 unsupported")
 	}
 	if err := checkHCMUpgrades(hcm); err != nil {
+		return nil, err
+	}
+	if err := convertHCMTelemetry(hcm, out); err != nil {
 		return nil, err
 	}
 	routerAt := -1
@@ -847,9 +857,11 @@ func convertCluster(c *clusterv3.Cluster) (*config.Cluster, string, error) {
 			name = c.GetName()
 		}
 		return out, name, nil
-	case clusterv3.Cluster_STATIC:
+	case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS:
+		// STRICT_DNS endpoints keep their host names; the proxy resolves
+		// them at each connection rather than on Envoy's refresh timer.
 		if c.GetLoadAssignment() == nil {
-			return nil, "", wrap(errors.New("load_assignment: required for type STATIC"))
+			return nil, "", wrap(fmt.Errorf("load_assignment: required for type %s", c.GetType()))
 		}
 		eps, err := convertEndpoints(c.GetLoadAssignment())
 		if err != nil {

@@ -250,11 +250,11 @@ func TestBuild(t *testing.T) {
 				}(),
 				func() *clusterv3.Cluster {
 					c := staticCluster("b")
-					c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+					c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_LOGICAL_DNS}
 					return c
 				}(),
 			}},
-			wantErr: "cluster \"a\": lb_policy: unsupported policy RANDOM\ncluster \"b\": type: unsupported discovery type STRICT_DNS",
+			wantErr: "cluster \"a\": lb_policy: unsupported policy RANDOM\ncluster \"b\": type: unsupported discovery type LOGICAL_DNS",
 		},
 	}
 	for _, tt := range tests {
@@ -316,6 +316,9 @@ func FuzzBuild(f *testing.F) {
 	tl, tr, tc, te := trafficSeeds()
 	seed(tl, tr)
 	seed(tc, te)
+	// Telemetry: a listener with access log, tracing and metadata, and
+	// the collector's STRICT_DNS cluster.
+	seed(telemetrySeeds(f))
 
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		l := &listenerv3.Listener{}

@@ -28,7 +28,11 @@
 //     (Listener.Traffic.Overload), other filters only when is_optional)
 //     or tcp_proxy (cluster), which network RBAC and one
 //     tcp_bandwidth_limit (Listener.Traffic) may precede. api_listener
-//     listeners are skipped. listener_filters are ignored.
+//     listeners are skipped. listener_filters are ignored. Telemetry
+//     (telemetry.go, docs/xds-telemetry.md): the HCM's and tcp_proxy's
+//     access_log (one file logger with Verge's json_format), the HCM's
+//     tracing (random_sampling, OpenTelemetry over envoy_grpc) and the
+//     listener metadata "verge.telemetry" (Listener.Telemetry).
 //   - RouteConfiguration: virtual_hosts with domains; match prefix, path,
 //     safe_regex, path_separated_prefix, headers and query_parameters;
 //     action cluster, weighted_clusters, redirect or direct_response
@@ -36,7 +40,8 @@
 //     retry_policy, hash_policy, rewrites, request_mirror_policies, header
 //     mutations and typed_per_filter_config for the fault, local rate
 //     limit and priority filters (Route.Traffic, traffic.go).
-//   - Cluster: type EDS (ADS) or STATIC; lb_policy ROUND_ROBIN,
+//   - Cluster: type EDS (ADS), STATIC or STRICT_DNS (host names kept,
+//     resolved at each connection); lb_policy ROUND_ROBIN,
 //     LEAST_REQUEST, RING_HASH (minimum_ring_size) or MAGLEV, or a
 //     load_balancing_policy led by Verge's PeakEWMA TypedStruct;
 //     connect_timeout (default 5 s); HttpProtocolOptions explicit http2

@@ -26,7 +26,8 @@ const (
 )
 
 // httpProxy adds the HTTP_PROXY listener of wl (which sets spec.httpProxy),
-// its route configuration and every cluster it leads to.
+// its route configuration and every cluster it leads to; tel is the
+// workload's outbound telemetry (nil: none).
 //
 // The route configuration has one virtual host per service port of the mesh
 // (in cluster-name order), named after the port's cluster, with domains
@@ -45,7 +46,7 @@ const (
 // an application behind HTTP_PROXY picks its destinations at run time.
 // TODO(#5): restrict by policy once there is one saying what a workload may
 // call.
-func (ix *Index) httpProxy(b *collector, wl *v1alpha1.Workload) {
+func (ix *Index) httpProxy(b *collector, wl *v1alpha1.Workload, tel *listenerTelemetry) {
 	hp := wl.Spec.HTTPProxy
 	faults := false
 	vhs := make([]*routev3.VirtualHost, 0, len(ix.sorted))
@@ -82,14 +83,17 @@ func (ix *Index) httpProxy(b *collector, wl *v1alpha1.Workload) {
 	// CONNECT must be allowed on the connection manager too; the route then
 	// says where each tunnel goes.
 	m.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: connectUpgrade}}
-	b.listener(&listenerv3.Listener{
+	tel.hcm(m)
+	l := &listenerv3.Listener{
 		Name:    HTTPProxyListener,
 		Address: socketAddress(cmp.Or(hp.Address, defaultAddr), hp.Port),
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name:       wellknown.HTTPConnectionManager,
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(m)},
 		}}}},
-	})
+	}
+	tel.apply(l)
+	b.listener(l)
 }
 
 // proxyDomains are the authorities of a service port's cluster name

@@ -41,6 +41,7 @@ type Index struct {
 	tls       tlsIndex
 	authz     authzIndex
 	faults    faultIndex
+	telemetry telemetryIndex
 }
 
 type serviceInfo struct {
@@ -126,6 +127,7 @@ func NewIndex(m Mesh) *Index {
 		tls:       newTLSIndex(m),
 		authz:     newAuthzIndex(m),
 		faults:    newFaultIndex(m.FaultInjections),
+		telemetry: newTelemetryIndex(m.Telemetries),
 	}
 
 	svcs := slices.Clone(m.Services)

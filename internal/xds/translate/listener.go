@@ -35,7 +35,9 @@ import (
 //
 // With Mesh.MTLS and wl.Spec.Proxy set, inbound listeners get the mutual TLS
 // filter chains of wl's MeshTLS mode, and outbound clusters auto mTLS
-// (tls.go).
+// (tls.go). The Telemetry applying to wl adds access logs, tracing (and
+// the collector cluster) and the metrics switch to every listener
+// (telemetry.go).
 //
 // An upstream whose service or port does not exist (yet) gets an HTTP
 // listener and a route config "NAME.NS.mesh:PORT" with no routes: requests
@@ -55,6 +57,9 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 	if ix.tls.on {
 		mode = ix.tlsMode(wl, selecting)
 	}
+	wt := ix.telemetryFor(wl, selecting)
+	in, out := wt.listener(directionInbound), wt.listener(directionOutbound)
+	wt.addCollector(&b)
 	for _, wp := range wl.Spec.Ports {
 		if wp.InboundPort <= 0 {
 			continue
@@ -65,7 +70,7 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 		t := ix.inboundTraffic(selecting, wp.Port)
 		l := &listenerv3.Listener{Name: name, Address: socketAddress(wl.Spec.Address, wp.InboundPort)}
 		if p.IsHTTP() {
-			l.FilterChains = hcmChain(stat, name, append(t.httpFilters(stat), ix.authzHTTPFilters(wl, wp.Port)...)...)
+			l.FilterChains = hcmChain(stat, name, in, append(t.httpFilters(stat), ix.authzHTTPFilters(wl, wp.Port)...)...)
 			b.route(&routev3.RouteConfiguration{
 				Name: name,
 				VirtualHosts: []*routev3.VirtualHost{{
@@ -75,11 +80,12 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 				}},
 			})
 		} else {
-			l.FilterChains = tcpChain(stat, name, append(ix.authzNetworkFilters(wl, wp.Port), t.networkFilters(stat)...)...)
+			l.FilterChains = tcpChain(stat, name, in, append(ix.authzNetworkFilters(wl, wp.Port), t.networkFilters(stat)...)...)
 		}
 		if ix.tls.on && wl.Spec.Proxy != nil {
 			ix.secureInbound(l, mode, p)
 		}
+		in.apply(l)
 		b.listener(l)
 		b.cluster(ix.staticCluster(name, appAddr, wp.Port, p), nil)
 	}
@@ -97,22 +103,23 @@ func (ix *Index) ForWorkload(wl *v1alpha1.Workload) Resources {
 		pi := ix.ports[cname]
 		switch {
 		case pi == nil || pi.missing:
-			l.FilterChains = hcmChain(stat, cname)
+			l.FilterChains = hcmChain(stat, cname, out)
 			b.route(routeConfig(cname, []string{"*"}, nil))
 		case pi.port.Protocol.IsHTTP():
-			l.FilterChains = hcmChain(stat, cname, outboundFilters(pi)...)
+			l.FilterChains = hcmChain(stat, cname, out, outboundFilters(pi)...)
 			b.route(pi.outbound)
 			for _, be := range pi.backends {
 				ix.clientCluster(&b, be, wl)
 			}
 		default:
-			l.FilterChains = tcpChain(stat, cname)
+			l.FilterChains = tcpChain(stat, cname, out)
 			ix.clientCluster(&b, pi, wl)
 		}
+		out.apply(l)
 		b.listener(l)
 	}
 	if wl.Spec.HTTPProxy != nil {
-		ix.httpProxy(&b, wl)
+		ix.httpProxy(&b, wl, out)
 	}
 	return b.resources()
 }
@@ -185,21 +192,28 @@ func hcm(statPrefix, routeConfig string, filters ...*hcmv3.HttpFilter) *hcmv3.Ht
 	}
 }
 
-func hcmChain(statPrefix, routeConfig string, httpFilters ...*hcmv3.HttpFilter) []*listenerv3.FilterChain {
+// hcmChain is an HTTP connection manager with tel's access log and
+// tracing (nil: none).
+func hcmChain(statPrefix, routeConfig string, tel *listenerTelemetry, httpFilters ...*hcmv3.HttpFilter) []*listenerv3.FilterChain {
+	m := hcm(statPrefix, routeConfig, httpFilters...)
+	tel.hcm(m)
 	return []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 		Name:       wellknown.HTTPConnectionManager,
-		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm(statPrefix, routeConfig, httpFilters...))},
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(m)},
 	}}}}
 }
 
-// tcpChain is tcp_proxy to cluster after the given network filters.
-func tcpChain(statPrefix, cluster string, filters ...*listenerv3.Filter) []*listenerv3.FilterChain {
+// tcpChain is tcp_proxy to cluster, with tel's access log (nil: none),
+// after the given network filters.
+func tcpChain(statPrefix, cluster string, tel *listenerTelemetry, filters ...*listenerv3.Filter) []*listenerv3.FilterChain {
+	p := &tcpv3.TcpProxy{
+		StatPrefix:       statPrefix,
+		ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster},
+	}
+	tel.tcp(p)
 	return []*listenerv3.FilterChain{{Filters: append(filters, &listenerv3.Filter{
-		Name: wellknown.TCPProxy,
-		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpv3.TcpProxy{
-			StatPrefix:       statPrefix,
-			ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster},
-		})},
+		Name:       wellknown.TCPProxy,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(p)},
 	})}}
 }
 

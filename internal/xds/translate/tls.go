@@ -105,10 +105,8 @@ func TrustBundleSecret(rootsDER [][]byte, crlPEM []byte) *tlsv3.Secret {
 type tlsIndex struct {
 	on          bool
 	trustDomain string
-	// MeshTLS by scope, each list oldest first.
-	mesh      []*v1alpha1.MeshTLS
-	namespace map[string][]*v1alpha1.MeshTLS
-	service   map[string][]*v1alpha1.MeshTLS // by "ns/name" of the service
+	// modes are the MeshTLSes by scope.
+	modes scoped[*v1alpha1.MeshTLS]
 	// Shared messages.
 	downstreamHTTP, downstreamTCP *corev3.TransportSocket
 	autoOptions                   map[string]*anypb.Any
@@ -118,30 +116,11 @@ func newTLSIndex(m Mesh) tlsIndex {
 	t := tlsIndex{
 		on:          m.MTLS,
 		trustDomain: cmp.Or(m.TrustDomain, DefaultTrustDomain),
-		namespace:   map[string][]*v1alpha1.MeshTLS{},
-		service:     map[string][]*v1alpha1.MeshTLS{},
 	}
 	if !t.on {
 		return t
 	}
-	for _, mt := range m.MeshTLSes {
-		switch {
-		case mt.Spec.Service != "":
-			k := mt.Namespace + "/" + mt.Spec.Service
-			t.service[k] = append(t.service[k], mt)
-		case mt.Namespace == v1alpha1.MeshNamespace:
-			t.mesh = append(t.mesh, mt)
-		default:
-			t.namespace[mt.Namespace] = append(t.namespace[mt.Namespace], mt)
-		}
-	}
-	slices.SortFunc(t.mesh, compareMeshTLSAge)
-	for _, l := range t.namespace {
-		slices.SortFunc(l, compareMeshTLSAge)
-	}
-	for _, l := range t.service {
-		slices.SortFunc(l, compareMeshTLSAge)
-	}
+	t.modes = newScoped(m.MeshTLSes, func(mt *v1alpha1.MeshTLS) string { return mt.Spec.Service })
 	t.downstreamHTTP = downstreamTLS(ALPNHTTP)
 	t.downstreamTCP = downstreamTLS(ALPNTCP)
 	t.autoOptions = map[string]*anypb.Any{httpProtocolOptionsKey: mustAny(&httpv3.HttpProtocolOptions{
@@ -153,33 +132,13 @@ func newTLSIndex(m Mesh) tlsIndex {
 	return t
 }
 
-// compareMeshTLSAge orders oldest first (creationTimestamp, then name), as
-// DestinationPolicies are ordered: the oldest of equally specific wins.
-func compareMeshTLSAge(a, b *v1alpha1.MeshTLS) int {
-	return cmp.Or(a.CreationTimestamp.Compare(b.CreationTimestamp.Time), strings.Compare(a.Name, b.Name))
-}
-
-// tlsMode is the mode of wl's inbound listeners: the oldest MeshTLS naming a
-// service that selects wl, else the oldest of wl's namespace, else the
-// oldest mesh-wide one, else PERMISSIVE.
+// tlsMode is the mode of wl's inbound listeners: that of the MeshTLS
+// applying to wl (scoped.resolve), else PERMISSIVE.
 func (ix *Index) tlsMode(wl *v1alpha1.Workload, selecting []*serviceInfo) v1alpha1.MeshTLSMode {
-	var best *v1alpha1.MeshTLS
-	for _, si := range selecting {
-		if l := ix.tls.service[si.key]; len(l) > 0 && (best == nil || compareMeshTLSAge(l[0], best) < 0) {
-			best = l[0]
-		}
+	if mt, ok := ix.tls.modes.resolve(wl.Namespace, selecting); ok {
+		return mt.Spec.Mode
 	}
-	if best == nil {
-		if l := ix.tls.namespace[wl.Namespace]; len(l) > 0 {
-			best = l[0]
-		} else if len(ix.tls.mesh) > 0 {
-			best = ix.tls.mesh[0]
-		}
-	}
-	if best == nil {
-		return v1alpha1.MeshTLSPermissive
-	}
-	return best.Spec.Mode
+	return v1alpha1.MeshTLSPermissive
 }
 
 // secureInbound replaces l's single plaintext filter chain by the mTLS

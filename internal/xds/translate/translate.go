@@ -24,6 +24,12 @@
 // route filters and retries, and FaultInjections, shape outbound routes
 // (traffic.go). Endpoints carry their locality (workload labels "region"
 // and "zone"), and ForWorkload prioritises them relative to the caller's.
+//
+// Telemetry (docs/xds-telemetry.md is the contract): the Telemetry applying
+// to a workload (scoped as MeshTLS is, scope.go) gives its listeners a file
+// access log, OpenTelemetry tracing to the cluster "verge-otlp" and the
+// metrics switch in listener metadata (telemetry.go). Proxyless clients get
+// none of it.
 package translate
 
 import (
@@ -68,6 +74,9 @@ type Mesh struct {
 	// FaultInjections become fault filters on the routes of callers of
 	// their target service (see docs/xds-traffic.md).
 	FaultInjections []*v1alpha1.FaultInjection
+	// Telemetries set access logs, tracing and metrics per mesh, namespace
+	// or service, scoped as MeshTLSes are (see telemetry.go).
+	Telemetries []*v1alpha1.Telemetry
 	// Health by "namespace/name" of the workload; absent means HealthUnknown.
 	Health map[string]Health
 	// MTLS turns on mutual TLS between Verge proxies: TLS filter chains on
@@ -113,6 +122,8 @@ func (m *Mesh) Add(o v1alpha1.Object) bool {
 		m.AuthorizationPolicies = append(m.AuthorizationPolicies, o)
 	case *v1alpha1.FaultInjection:
 		m.FaultInjections = append(m.FaultInjections, o)
+	case *v1alpha1.Telemetry:
+		m.Telemetries = append(m.Telemetries, o)
 	default:
 		return false
 	}

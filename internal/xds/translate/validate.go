@@ -20,8 +20,8 @@ import (
 // its proto's ValidateAll(), including the messages packed in Anys (which
 // pgv itself does not open), and r is closed under references: each route
 // configuration a listener names (in a filter chain or an api_listener),
-// each cluster a route or TCP proxy names and each EDS resource a cluster
-// names is present, each SDS secret a TLS context fetches over ADS is
+// each cluster a route, TCP proxy or tracer names and each EDS resource a
+// cluster names is present, each SDS secret a TLS context fetches over ADS is
 // present, and no route configuration or EDS resource is unreferenced.
 //
 // It exists beside go-control-plane's Snapshot.Consistent() because that
@@ -74,6 +74,9 @@ func (r Resources) consistent() error {
 			case *hcmv3.HttpConnectionManager:
 				if n := m.GetRds().GetRouteConfigName(); n != "" {
 					wantRoutes[n] = true
+				}
+				if n := tracingCluster(m); n != "" {
+					wantClusters[n] = true
 				}
 			case *tcpv3.TcpProxy:
 				if n := m.GetCluster(); n != "" {
