@@ -19,6 +19,25 @@ if [ ! -x "$tools/staticcheck-v0.8.2" ]; then
   mv "$tools/staticcheck" "$tools/staticcheck-v0.8.2"
 fi
 
+step "test dependencies"
+# Servers and tools the tests run for real: Prometheus (scrapes the mesh's
+# metrics in test/e2e) and Chromium (the dashboard's browser test). They are
+# Debian packages, installed here when missing (as root, which CI is); a
+# test that needs one fails loudly when it is absent.
+need=()
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing ${need[*]}: run as root, or: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+prometheus --version 2>&1 | head -1
+chromium --version
+
 step "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'))
 if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; exit 1; fi
@@ -30,6 +49,10 @@ step "staticcheck"
 "$tools/staticcheck-v0.8.2" ./...
 
 step "unit tests (race)"
+# Tests keep what a person should be able to look at afterwards (the
+# dashboard's screenshot) here.
+export VERGE_ARTIFACTS_DIR="${VERGE_ARTIFACTS_DIR:-$PWD/test-artifacts}"
+mkdir -p "$VERGE_ARTIFACTS_DIR"
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v '/test/e2e$')
 
 step "end-to-end tests (real verge processes on loopback, built with -race)"

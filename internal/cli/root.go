@@ -1,12 +1,14 @@
 // Package cli owns the `verge` command line for resources: the root command
 // with its --server and credential flags (admin token, client certificate,
-// trust bundle), and the apply, get, delete, describe, proxy-status, token,
-// cert, ca and version subcommands, which talk to the control plane through
-// internal/apiclient (token, cert and ca through the identity API's types in
-// internal/identity). `verge cert request` makes a key and obtains an SVID
-// for it with a join token, writing the key, chain and bundle files the
-// credential flags read. It also owns how errors are shown to a user and
-// which exit code they map to.
+// trust bundle), and the apply, get, delete, describe, proxy-status, top,
+// tap, profile, token, cert, ca and version subcommands, which talk to the
+// control plane through internal/apiclient (token, cert and ca through the
+// identity API's types in internal/identity; top, tap and profile through
+// the telemetry API's types in internal/telemetry, profile then to the
+// proxy's admin listener). `verge cert request` makes a key and obtains an
+// SVID for it with a join token, writing the key, chain and bundle files
+// the credential flags read. It also owns how errors are shown to a user
+// and which exit code they map to.
 //
 // It does not own the roles that run servers (control-plane, proxy, demo):
 // cmd/verge adds those commands to the root this package builds.
@@ -283,6 +285,9 @@ func newRootCommand(version string, out, errOut io.Writer, in io.Reader, now fun
 		newDeleteCommand(e),
 		newDescribeCommand(e),
 		newProxyStatusCommand(e),
+		newTopCommand(e),
+		newTapCommand(e),
+		newProfileCommand(e),
 		newTokenCommand(e),
 		newCertCommand(e),
 		newCACommand(e),

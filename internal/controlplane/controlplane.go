@@ -11,7 +11,13 @@
 // rotation and after a revocation.
 //
 // Every API request passes apiserver.Guard (admin token or admin SVID for
-// writes, workload SVIDs for their own Workload and health).
+// writes, workload SVIDs for their own Workload and health), except the
+// proxies' telemetry reports: those are checked by the rule of xDS streams
+// (xds.Authenticator.AuthorizeWorkload: the SVID of the workload the report
+// names), since the guard cannot see the workload, which is in the body.
+//
+// It also owns the control plane's own metrics that belong to no part:
+// store operations (storemetrics.go).
 //
 // On the API listener:
 //
@@ -21,12 +27,16 @@
 //	/api/v1/tokens, /api/v1/certificates, /api/v1/bundle, /api/v1/ca/rotate
 //	                          join tokens, SVIDs, their log and revocation,
 //	                          trust bundle (identity)
+//	/api/v1/telemetry/..., /api/v1/topology, /api/v1/tap
+//	                          proxies' reports, service graph, series, taps,
+//	                          recent errors, proxy processes (topology)
 //	/healthz, /version, /metrics
 //	/                         dashboard (web)
 package controlplane
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -58,6 +68,8 @@ import (
 	"verge.dev/verge/internal/store"
 	"verge.dev/verge/internal/store/bolt"
 	"verge.dev/verge/internal/store/etcd"
+	"verge.dev/verge/internal/telemetry"
+	"verge.dev/verge/internal/topology"
 	"verge.dev/verge/internal/xds"
 	"verge.dev/verge/web"
 )
@@ -203,6 +215,9 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Every part below uses the store through the metered wrapper; the
+	// deferred Close reaches the backend through it.
+	st = newMeteredStore(st, metrics)
 	td := authority.Bundle().TrustDomain()
 
 	// The identity server comes first: the control plane's own certificate
@@ -270,11 +285,12 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	lis[0], lis[1] = apiLis, xdsLis
 
 	reg := registry.New(st, logger)
-	xopts, err := xdsServerOptions(st, td, bundle, cfg.AllowAnonymous, metrics, logger)
+	authn, err := newXDSAuthenticator(st, td, bundle, cfg.AllowAnonymous, metrics, logger)
 	if err != nil {
 		closeAll()
 		return err
 	}
+	xopts := xdsGRPCOptions(authn)
 	// Mutual TLS between proxies is on unless the mesh runs without
 	// identities (--insecure-allow-anonymous), where proxies may have none.
 	xsrv := xds.New(xds.Config{Meshes: reg.Meshes(), Observer: reg, Registerer: metrics,
@@ -307,8 +323,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	// for the whole drain timeout.
 	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBase()
+	topo := topology.New(topology.Options{})
+	tel := topo.Handler(topology.HandlerConfig{
+		AuthorizeReport: reportAuthorizer(authn),
+		Registerer:      metrics,
+		Logger:          logger,
+	})
 	hs := &http.Server{
-		Handler:     guard.Wrap(apiHandler(cfg, st, reg, xsrv, idsrv, metrics, logger)),
+		Handler:     withReports(guard.Wrap(apiHandler(cfg, st, reg, xsrv, idsrv, topo, tel, metrics, logger)), tel),
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
 		// ReadTimeout bounds reading a request (headers and body), not a
 		// long-lived watch response.
@@ -433,17 +455,68 @@ func rootsDER(authority *ca.CA) [][]byte {
 // the TLS state dualListener negotiated to gRPC, and the interceptor that
 // checks a proxy's SVID against the Workload its node names.
 func xdsServerOptions(st store.Store, td spiffeid.TrustDomain, bundle x509bundle.Source, allowAnonymous bool, metrics prometheus.Registerer, logger *slog.Logger) ([]grpc.ServerOption, error) {
-	authn, err := xds.NewAuthenticator(xds.AuthnConfig{
+	authn, err := newXDSAuthenticator(st, td, bundle, allowAnonymous, metrics, logger)
+	if err != nil {
+		return nil, err
+	}
+	return xdsGRPCOptions(authn), nil
+}
+
+// newXDSAuthenticator is the check that a proxy's SVID is that of the
+// Workload it names, for its xDS streams and its telemetry reports.
+func newXDSAuthenticator(st store.Store, td spiffeid.TrustDomain, bundle x509bundle.Source, allowAnonymous bool, metrics prometheus.Registerer, logger *slog.Logger) (*xds.Authenticator, error) {
+	return xds.NewAuthenticator(xds.AuthnConfig{
 		TrustDomain:    td,
 		Bundle:         bundle,
 		Workloads:      storeWorkloads(st),
 		AllowAnonymous: allowAnonymous,
 		Registerer:     metrics,
 	}, logger)
-	if err != nil {
-		return nil, err
+}
+
+func xdsGRPCOptions(authn *xds.Authenticator) []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.Creds(dualCredentials{}), grpc.ChainStreamInterceptor(authn.StreamInterceptor())}
+}
+
+// reportAuthorizer lets a telemetry report through when the caller's client
+// certificate is the SVID of the workload the report names, the rule of
+// xDS streams; it maps the refusal to 401 (no or bad certificate), 403
+// (another identity) or 503 (the workload could not be looked up).
+func reportAuthorizer(authn *xds.Authenticator) func(*http.Request, string, string) error {
+	return func(r *http.Request, ns, name string) error {
+		var certs []*x509.Certificate
+		if r.TLS != nil {
+			certs = r.TLS.PeerCertificates
+		}
+		err := authn.AuthorizeWorkload(r.Context(), certs, ns, name)
+		if err == nil {
+			return nil
+		}
+		ref, ok := errors.AsType[*xds.WorkloadRefusal](err)
+		switch {
+		case !ok:
+			return err
+		case ref.Unavailable:
+			return &topology.Refusal{Status: http.StatusServiceUnavailable, Message: ref.Message}
+		case ref.Reason == xds.AuthNoCertificate || ref.Reason == xds.AuthInvalidCertificate:
+			return &topology.Refusal{Status: http.StatusUnauthorized, Message: ref.Message}
+		default:
+			return &topology.Refusal{Status: http.StatusForbidden, Message: ref.Message}
+		}
 	}
-	return []grpc.ServerOption{grpc.Creds(dualCredentials{}), grpc.ChainStreamInterceptor(authn.StreamInterceptor())}, nil
+}
+
+// withReports sends POSTs of telemetry reports to reports, past the API
+// guard (which lets only administrators and workloads' own Workload and
+// health writes through), and everything else to api.
+func withReports(api, reports http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == telemetry.ReportPath {
+			reports.ServeHTTP(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
 }
 
 // storeWorkloads looks Workloads up in the store rather than the registry,
@@ -561,7 +634,7 @@ func holdSync(ctx context.Context, lis net.Listener) error {
 	}
 }
 
-func apiHandler(cfg Config, st store.Store, reg *registry.Registry, xsrv *xds.Server, idsrv *identity.Server, metrics *prometheus.Registry, logger *slog.Logger) http.Handler {
+func apiHandler(cfg Config, st store.Store, reg *registry.Registry, xsrv *xds.Server, idsrv *identity.Server, topo *topology.Aggregator, tel http.Handler, metrics *prometheus.Registry, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	api := apiserver.New(st, logger).Handler()
 	mux.Handle("/apis", api)
@@ -572,6 +645,9 @@ func apiHandler(cfg Config, st store.Store, reg *registry.Registry, xsrv *xds.Se
 	for _, p := range []string{identity.TokensPath, identity.TokensPath + "/", identity.CertificatesPath, identity.CertificatesPath + "/", identity.BundlePath, identity.RotatePath} {
 		mux.Handle(p, ids)
 	}
+	for _, p := range []string{telemetry.ReportPath, telemetry.TopologyPath, telemetry.SeriesPath, telemetry.TapPath, telemetry.ErrorsPath, telemetry.ProxiesPath} {
+		mux.Handle(p, tel)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
@@ -581,19 +657,6 @@ func apiHandler(cfg Config, st store.Store, reg *registry.Registry, xsrv *xds.Se
 		_ = json.NewEncoder(w).Encode(map[string]string{"version": cfg.Version})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
-	mux.Handle("/", web.Handler(dashboardSource{reg: reg, xds: xsrv}))
+	mux.Handle("/", web.Handler(dashboardSource{reg: reg, xds: xsrv, certs: newCertCache(identity.NewStoreCertificates(st))}, topo))
 	return mux
 }
-
-// dashboardSource joins the registry's and the xDS server's views for the
-// dashboard.
-type dashboardSource struct {
-	reg *registry.Registry
-	xds *xds.Server
-}
-
-func (d dashboardSource) Status() ([]registry.ServiceStatus, []registry.WorkloadStatus) {
-	return d.reg.Status()
-}
-
-func (d dashboardSource) ProxyStatus() []xds.ProxyStatus { return d.xds.ProxyStatus() }

@@ -207,44 +207,98 @@ func (s *authStream) check(m any) error {
 // ns/name, else a PermissionDenied status naming the mismatch (counted and
 // logged).
 func (a *Authenticator) authorize(ctx context.Context, nodeID, ns, name string) error {
-	refuse := func(reason, msg string, attrs ...any) error {
-		a.refusals.WithLabelValues(reason).Inc()
-		attrs = append([]any{"reason", reason, "node", nodeID, "workload", joinWorkload(ns, name), "peer", peerAddr(ctx)}, attrs...)
-		a.logger.Warn("xds stream refused", attrs...)
-		return status.Error(codes.PermissionDenied, msg)
-	}
-	certs := peerCertificates(ctx)
-	if len(certs) == 0 {
-		if a.cfg.AllowAnonymous {
+	id, ref := a.check(ctx, peerCertificates(ctx), fmt.Sprintf("node %q", nodeID), ns, name)
+	if ref == nil {
+		if id.IsZero() {
 			a.logger.Debug("xds stream without identity allowed (--insecure-allow-anonymous)", "node", nodeID, "workload", joinWorkload(ns, name))
 			return nil
 		}
-		return refuse(AuthNoCertificate, fmt.Sprintf("node %q names workload %s/%s: a client certificate (X.509 SVID of the workload's service account) is required over TLS", nodeID, ns, name))
+		a.logger.Debug("xds stream authorized", "node", nodeID, "workload", joinWorkload(ns, name), "spiffe_id", id.String())
+		return nil
+	}
+	a.refusals.WithLabelValues(ref.Reason).Inc()
+	attrs := []any{"reason", ref.Reason, "node", nodeID, "workload", joinWorkload(ns, name), "peer", peerAddr(ctx)}
+	if !id.IsZero() {
+		attrs = append(attrs, "spiffe_id", id.String())
+	}
+	if ref.err != nil {
+		attrs = append(attrs, "err", ref.err)
+	}
+	if ref.Unavailable {
+		a.logger.Error("xds stream refused: workload lookup failed", attrs...)
+		return status.Error(codes.Unavailable, ref.Message)
+	}
+	a.logger.Warn("xds stream refused", attrs...)
+	return status.Error(codes.PermissionDenied, ref.Message)
+}
+
+// WorkloadRefusal is why a caller may not act for a workload.
+type WorkloadRefusal struct {
+	// Reason is one of the Auth* refusal reasons.
+	Reason  string
+	Message string
+	// Unavailable is true when the workload could not be looked up: the
+	// caller should try again.
+	Unavailable bool
+	err         error
+}
+
+func (r *WorkloadRefusal) Error() string { return r.Message }
+func (r *WorkloadRefusal) Unwrap() error { return r.err }
+
+// AuthorizeWorkload applies the rule of xDS streams to another request of
+// a proxy (its telemetry reports): certs, the client certificate chain of
+// the caller's TLS connection (nil without one), must be an X.509 SVID of
+// this mesh with workload ns/name's namespace and service account, looked
+// up as for streams. It returns nil or a *WorkloadRefusal; without
+// certificates it allows the request only with AllowAnonymous. Refusals
+// are neither counted nor logged here (the metric counts streams): the
+// caller does both. Safe for concurrent use.
+func (a *Authenticator) AuthorizeWorkload(ctx context.Context, certs []*x509.Certificate, ns, name string) error {
+	if _, ref := a.check(ctx, certs, "caller", ns, name); ref != nil {
+		return ref
+	}
+	return nil
+}
+
+// check decides whether certs may act for workload ns/name; who names the
+// caller in messages. It returns the verified identity (zero when none was
+// presented and that is allowed) and the refusal, nil when allowed.
+func (a *Authenticator) check(ctx context.Context, certs []*x509.Certificate, who, ns, name string) (spiffeid.ID, *WorkloadRefusal) {
+	if len(certs) == 0 {
+		if a.cfg.AllowAnonymous {
+			return spiffeid.ID{}, nil
+		}
+		return spiffeid.ID{}, &WorkloadRefusal{Reason: AuthNoCertificate,
+			Message: fmt.Sprintf("%s names workload %s/%s: a client certificate (X.509 SVID of the workload's service account) is required over TLS", who, ns, name)}
 	}
 	id, _, err := x509svid.Verify(certs, a.cfg.Bundle)
 	if err != nil {
-		return refuse(AuthInvalidCertificate, fmt.Sprintf("node %q: client certificate is not a valid SVID of this mesh", nodeID), "err", err)
+		return spiffeid.ID{}, &WorkloadRefusal{Reason: AuthInvalidCertificate, err: err,
+			Message: fmt.Sprintf("%s: client certificate is not a valid SVID of this mesh", who)}
 	}
 	idNS, idSA, err := ca.ParseWorkloadID(id)
 	if err != nil || !id.MemberOf(a.cfg.TrustDomain) {
-		return refuse(AuthIdentityMismatch, fmt.Sprintf("node %q: identity %s is not a workload identity of trust domain %q", nodeID, id, a.cfg.TrustDomain.Name()))
+		return id, &WorkloadRefusal{Reason: AuthIdentityMismatch,
+			Message: fmt.Sprintf("%s: identity %s is not a workload identity of trust domain %q", who, id, a.cfg.TrustDomain.Name())}
 	}
 	if idNS != ns {
-		return refuse(AuthIdentityMismatch, fmt.Sprintf("node %q: identity %s is in namespace %q, workload %s/%s is in %q", nodeID, id, idNS, ns, name, ns), "spiffe_id", id.String())
+		return id, &WorkloadRefusal{Reason: AuthIdentityMismatch,
+			Message: fmt.Sprintf("%s: identity %s is in namespace %q, workload %s/%s is in %q", who, id, idNS, ns, name, ns)}
 	}
 	sa, found, err := a.cfg.Workloads(ctx, ns, name)
 	switch {
 	case err != nil:
-		a.refusals.WithLabelValues(AuthLookupFailed).Inc()
-		a.logger.Error("xds stream refused: workload lookup failed", "node", nodeID, "workload", joinWorkload(ns, name), "err", err)
-		return status.Errorf(codes.Unavailable, "look up workload %s/%s: try again", ns, name)
+		return id, &WorkloadRefusal{Reason: AuthLookupFailed, Unavailable: true, err: err,
+			Message: fmt.Sprintf("look up workload %s/%s: try again", ns, name)}
 	case !found:
-		return refuse(AuthWorkloadNotFound, fmt.Sprintf("node %q: workload %s/%s does not exist: register it before connecting", nodeID, ns, name), "spiffe_id", id.String())
+		return id, &WorkloadRefusal{Reason: AuthWorkloadNotFound,
+			Message: fmt.Sprintf("%s: workload %s/%s does not exist: register it before connecting", who, ns, name)}
 	case sa != idSA:
-		return refuse(AuthIdentityMismatch, fmt.Sprintf("node %q: identity %s has service account %q, workload %s/%s runs as %q", nodeID, id, idSA, ns, name, sa), "spiffe_id", id.String())
+		return id, &WorkloadRefusal{Reason: AuthIdentityMismatch,
+			Message: fmt.Sprintf("%s: identity %s has service account %q, workload %s/%s runs as %q", who, id, idSA, ns, name, sa)}
 	}
-	a.logger.Debug("xds stream authorized", "node", nodeID, "workload", joinWorkload(ns, name), "spiffe_id", id.String())
-	return nil
+	return id, nil
 }
 
 // peerCertificates returns the client certificates of a TLS stream, or nil.

@@ -118,6 +118,9 @@ type Server struct {
 	nacks        *prometheus.CounterVec
 	inconsistent prometheus.Counter
 	invalid      prometheus.Counter
+	connected    *prometheus.GaugeVec
+	pushes       *prometheus.CounterVec
+	pushLatency  prometheus.Histogram
 
 	// pubMu serialises computing and setting snapshots, so that a snapshot
 	// built from an older mesh never replaces one built from a newer mesh.
@@ -155,9 +158,13 @@ type nodeState struct {
 	// newest stream.
 	namespace, workload string
 	streams             int
-	connectedAt         time.Time
-	disconnectedAt      time.Time
-	types               map[string]*TypeStatus
+	// kind is the cache kind (kindProxy, kindProxyless) the node was
+	// counted under in verge_xds_connected_clients when its first stream
+	// opened.
+	kind           string
+	connectedAt    time.Time
+	disconnectedAt time.Time
+	types          map[string]*TypeStatus
 }
 
 // streamKey tells apart streams of the state-of-the-world and delta servers,
@@ -263,6 +270,20 @@ func New(cfg Config, logger *slog.Logger) *Server {
 			Name: "verge_xds_invalid_resources_total",
 			Help: "Snapshots withheld because their resources failed validation.",
 		}),
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "verge_xds_connected_clients",
+			Help: "Nodes with at least one open xDS stream, by kind (proxy: a Verge proxy naming its workload; proxyless: any other client).",
+		}, []string{"kind"}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verge_xds_pushes_total",
+			Help: "xDS responses sent to clients, by type URL.",
+		}, []string{"type_url"}),
+		pushLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "verge_xds_push_latency_seconds",
+			Help: "Time from a new mesh (or trust bundle) reaching the xDS server to a node's changed snapshot being set, from which it is sent at once.",
+			// 1 ms to about 16 s.
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+		}),
 		published: map[string]string{},
 		nodes:     map[string]*nodeState{},
 		streams:   map[streamKey]*streamState{},
@@ -272,8 +293,14 @@ func New(cfg Config, logger *slog.Logger) *Server {
 		ClassifyDelta: func(r *cache.DeltaRequest) string { return cacheKind(r.GetNode()) },
 		Caches:        map[string]cache.Cache{kindProxy: s.proxies, kindProxyless: s.proxyless},
 	}
+	for _, k := range []string{kindProxy, kindProxyless} {
+		s.connected.WithLabelValues(k)
+	}
+	for t := range servedTypes {
+		s.pushes.WithLabelValues(t)
+	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.nacks, s.inconsistent, s.invalid)
+		cfg.Registerer.MustRegister(s.nacks, s.inconsistent, s.invalid, s.connected, s.pushes, s.pushLatency)
 	}
 	return s
 }
@@ -425,14 +452,16 @@ func (s *Server) rebuildLocked() {
 	}
 	s.mu.Unlock()
 	for _, id := range ids {
-		s.publishLocked(id)
+		s.publishLocked(id, start)
 	}
 	s.logger.Debug("mesh applied", "nodes", len(ids), "duration", time.Since(start))
 }
 
 // publishLocked computes and sets the snapshot of node id from the current
-// mesh. s.pubMu must be held.
-func (s *Server) publishLocked(id string) {
+// mesh. When changedAt is set (the time the mesh or bundle arrived) and the
+// node's snapshot changed, the time since is observed as push latency.
+// s.pubMu must be held.
+func (s *Server) publishLocked(id string, changedAt time.Time) {
 	if s.cur == nil {
 		return
 	}
@@ -470,13 +499,34 @@ func (s *Server) publishLocked(id string) {
 	if snap == nil {
 		return
 	}
+	c := s.cacheFor(key)
+	changed := true
+	if !changedAt.IsZero() {
+		if prev, err := c.GetSnapshot(id); err == nil {
+			changed = !sameVersions(prev, snap)
+		}
+	}
 	// The cache only writes to buffered channels sized for one response per
 	// type per stream, so this does not block on a slow client.
-	if err := s.cacheFor(key).SetSnapshot(context.Background(), id, snap); err != nil {
+	if err := c.SetSnapshot(context.Background(), id, snap); err != nil {
 		s.logger.Error("set snapshot", "node", id, "err", err)
 		return
 	}
 	s.published[id] = key
+	if !changedAt.IsZero() && changed {
+		s.pushLatency.Observe(time.Since(changedAt).Seconds())
+	}
+}
+
+// sameVersions reports whether two snapshots carry the same version of
+// every served type, so that setting b in place of a sends nothing.
+func sameVersions(a cache.ResourceSnapshot, b *cache.Snapshot) bool {
+	for t := range servedTypes {
+		if a.GetVersion(t) != b.GetVersion(t) {
+			return false
+		}
+	}
+	return true
 }
 
 // withholdLocked leaves node id, a Verge proxy naming the unknown workload
@@ -608,6 +658,11 @@ func (s *Server) onRequest(k streamKey, node *corev3.Node, typeURL, versionInfo,
 	if newStream {
 		if n.streams == 0 {
 			n.connectedAt = now
+			n.kind = kindProxyless
+			if n.workload != "" {
+				n.kind = kindProxy
+			}
+			s.connected.WithLabelValues(n.kind).Inc()
 		}
 		n.streams++
 	}
@@ -649,7 +704,7 @@ func (s *Server) onRequest(k streamKey, node *corev3.Node, typeURL, versionInfo,
 	}
 	if publish {
 		s.pubMu.Lock()
-		s.publishLocked(nodeID)
+		s.publishLocked(nodeID, time.Time{})
 		s.pubMu.Unlock()
 	}
 }
@@ -668,6 +723,9 @@ func (s *Server) onResponse(k streamKey, typeURL, version, nonce string) {
 	}
 	if k.delta {
 		st.rememberNonce(nonce, version)
+	}
+	if servedTypes[typeURL] {
+		s.pushes.WithLabelValues(typeURL).Inc()
 	}
 	ts := n.types[typeURL]
 	if ts == nil {
@@ -690,6 +748,7 @@ func (s *Server) onClose(k streamKey) {
 		n.streams--
 		if n.streams == 0 {
 			n.disconnectedAt = time.Now()
+			s.connected.WithLabelValues(n.kind).Dec()
 		}
 	}
 	s.mu.Unlock()
