@@ -33,7 +33,7 @@ type ClientConfig struct {
 
 // Client sends requests as HTTP/2 streams over pooled connections, per
 // address. It is safe for concurrent use. Close it to release its
-// connections and their reader goroutines.
+// connections and their reader and flusher goroutines.
 type Client struct {
 	cfg ClientConfig
 
@@ -43,7 +43,7 @@ type Client struct {
 	closed bool
 	// retired: close connections as soon as they have no stream.
 	retired bool
-	// readers tracks the connections' reader goroutines.
+	// readers tracks the connections' reader and flusher goroutines.
 	readers sync.WaitGroup
 }
 
@@ -191,7 +191,7 @@ func (c *Client) roundTrip(addr string, req *Request, small []byte, buffered boo
 	case endWithHeaders:
 		cs.sent = true
 	case buffered:
-		err = cc.writeData(cs.st, small, true, true)
+		err = cc.writeData(&cs.st, small, true, true)
 		cs.sent = err == nil
 	default:
 		err = cs.sendBody(req.Body)
@@ -296,6 +296,7 @@ func (c *Client) dial(addr string, deadline time.Time) (*clientConn, error) {
 	}
 	cc.idle = time.AfterFunc(c.cfg.IdleTimeout, cc.closeIfIdle)
 	c.readers.Go(cc.readLoop)
+	c.readers.Go(func() { cc.runFlusher(cc.dead) })
 	// Streams wait for the peer's SETTINGS: until then its concurrency
 	// limit is unknown, and a stream beyond it would be refused after its
 	// body was sent. A server sends them first thing, so this costs a new
@@ -461,13 +462,16 @@ func (cc *clientConn) open(cs *clientStream, req *Request, end bool) error {
 		cc.goaway = true
 	}
 	cc.fmu.Lock()
-	cs.st = newStream(&cc.wire, id, cc.peerInit)
+	cs.st.init(&cc.wire, id, cc.peerInit)
 	cc.fmu.Unlock()
 	cc.streams[id] = cs
 	cc.mu.Unlock()
 	cc.writeHeadersLocked(id, hdr, end)
 	*hp = hdr
-	return cc.unlock(end)
+	if end {
+		return cc.unlockBatched()
+	}
+	return cc.unlock(false)
 }
 
 // methodWantsLength: a zero length is worth stating for methods that
@@ -479,7 +483,7 @@ func methodWantsLength(m string) bool {
 // release returns cs's slot and removes it from the connection.
 func (cc *clientConn) release(cs *clientStream) {
 	cc.mu.Lock()
-	if cs.st != nil {
+	if cs.st.w != nil { // opened
 		delete(cc.streams, cs.st.id)
 	}
 	cc.mu.Unlock()
@@ -567,7 +571,7 @@ func (cc *clientConn) readLoop() {
 
 func (cc *clientConn) readFrames() error {
 	for {
-		f, err := cc.fr.ReadFrame()
+		f, hb, err := cc.readFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -583,9 +587,11 @@ func (cc *clientConn) readFrames() error {
 			}
 			return err
 		}
+		if hb != nil {
+			cc.onHeaders(hb)
+			continue
+		}
 		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			cc.onHeaders(f)
 		case *http2.DataFrame:
 			cs := cc.stream(f.StreamID)
 			flow := int64(f.Length)
@@ -620,7 +626,7 @@ func (cc *clientConn) readFrames() error {
 				if cs == nil {
 					continue
 				}
-				st = cs.st
+				st = &cs.st
 			}
 			if err := cc.applyWindowUpdate(st, f.Increment); err != nil {
 				return err
@@ -662,34 +668,34 @@ func (cc *clientConn) openStreams() []*stream {
 	defer cc.mu.Unlock()
 	list := make([]*stream, 0, len(cc.streams))
 	for _, cs := range cc.streams {
-		list = append(list, cs.st)
+		list = append(list, &cs.st)
 	}
 	return list
 }
 
-func (cc *clientConn) onHeaders(f *http2.MetaHeadersFrame) {
-	cs := cc.stream(f.StreamID)
+func (cc *clientConn) onHeaders(f *headerBlock) {
+	cs := cc.stream(f.streamID)
 	if cs == nil {
 		return
 	}
 	if cs.res != nil {
 		// Trailers: read and dropped (HTTP/1.1 downstream).
-		if f.StreamEnded() {
+		if f.ended {
 			cs.st.endStream()
 		}
 		return
 	}
-	status, err := strconv.Atoi(f.PseudoValue("status"))
+	status, err := strconv.Atoi(f.pseudo(":status"))
 	if err != nil || status < 100 || status > 999 {
 		cs.st.fail(&streamError{code: http2.ErrCodeProtocol, err: errors.New("h2: malformed response status")})
-		cc.writeRST(f.StreamID, http2.ErrCodeProtocol)
+		cc.writeRST(f.streamID, http2.ErrCodeProtocol)
 		cs.signalHeaders()
 		return
 	}
 	if status < 200 {
 		return // informational: not relayed
 	}
-	res := &Response{Status: status, Header: f.RegularFields(), ContentLength: -1, cs: cs}
+	res := &Response{Status: status, Header: f.regular(), ContentLength: -1, cs: cs}
 	for _, h := range res.Header {
 		if h.Name == "content-length" {
 			if n, err := strconv.ParseInt(h.Value, 10, 64); err == nil && n >= 0 {
@@ -698,7 +704,7 @@ func (cc *clientConn) onHeaders(f *http2.MetaHeadersFrame) {
 		}
 	}
 	cs.res = res
-	if f.StreamEnded() {
+	if f.ended {
 		cs.st.endStream()
 	}
 	cs.signalHeaders()
@@ -730,7 +736,9 @@ func (cc *clientConn) onGoAway(f *http2.GoAwayFrame) {
 // clientStream is a request in flight.
 type clientStream struct {
 	cc *clientConn
-	st *stream
+	// st is set up by open, under the connection's locks; a part of
+	// clientStream to save an allocation per request.
+	st stream
 	// headers is closed once res is set or the stream failed.
 	headers     chan struct{}
 	headersOnce sync.Once
@@ -765,7 +773,7 @@ func (cs *clientStream) sendBody(body io.Reader) error {
 		}
 		end := err == io.EOF
 		if n > 0 || end {
-			if werr := cs.cc.writeData(cs.st, buf[:n], end, true); werr != nil {
+			if werr := cs.cc.writeData(&cs.st, buf[:n], end, true); werr != nil {
 				return werr
 			}
 		}

@@ -13,10 +13,12 @@
 // project's 2-core box BenchmarkTwoProxies measured mTLS over net/http's
 // HTTP/2 at 25-35% of the plaintext HTTP/1.1 fast path; the floor is 85%.
 // Here a request costs one wake-up per side: writes happen on the caller's
-// goroutine under the connection's write mutex (a bufio.Writer flushed only
-// when no other writer waits, so concurrent streams share TLS records and
-// syscalls), and one reader goroutine per connection dispatches frames to
-// streams.
+// goroutine under the connection's write mutex, into a bufio.Writer that a
+// flusher goroutine per connection flushes after the goroutines ready to
+// run had their turn (wire.unlockBatched), so that concurrent streams share
+// TLS records and syscalls; one reader goroutine per connection dispatches
+// frames to streams, decoding header blocks with its own reused HPACK
+// decoder (headers.go).
 //
 // What is implemented of RFC 9113: SETTINGS (with ack), PING ack, flow
 // control both ways (4 MiB per stream, 16 MiB per connection, credited as

@@ -382,7 +382,14 @@ func TestServerStreamErrors(t *testing.T) {
 	headers(1, append(base, "connection", "close")...)                  // connection-specific field
 	headers(3, ":method", "GET", ":scheme", "https", ":authority", "a") // no :path
 	headers(5, append(base, "te", "gzip")...)
-	headers(7, base...) // a good one after them
+	// The rules of RFC 9113 8.2 the connection's header decoder applies.
+	headers(7, append(base, "X-Upper", "v")...)
+	headers(9, append([]string{"accept", "*/*"}, base...)...) // pseudo after regular
+	headers(11, append(base, ":method", "GET")...)            // repeated
+	headers(13, append(base, ":unknown", "x")...)
+	headers(15, append(base, ":status", "200")...) // request and response mixed
+	headers(17, append(base, "x-bad", "a\x00b")...)
+	headers(19, base...) // a good one after them
 	resets := map[uint32]http2.ErrCode{}
 	for {
 		f, err := r.fr.ReadFrame()
@@ -393,10 +400,10 @@ func TestServerStreamErrors(t *testing.T) {
 		case *http2.RSTStreamFrame:
 			resets[f.StreamID] = f.ErrCode
 		case *http2.MetaHeadersFrame:
-			if f.StreamID != 7 || f.PseudoValue("status") != "200" {
-				t.Fatalf("response on stream %d status %q, want 200 on stream 7", f.StreamID, f.PseudoValue("status"))
+			if f.StreamID != 19 || f.PseudoValue("status") != "200" {
+				t.Fatalf("response on stream %d status %q, want 200 on stream 19", f.StreamID, f.PseudoValue("status"))
 			}
-			for _, id := range []uint32{1, 3, 5} {
+			for _, id := range []uint32{1, 3, 5, 7, 9, 11, 13, 15, 17} {
 				if resets[id] != http2.ErrCodeProtocol {
 					t.Errorf("stream %d: reset %v, want PROTOCOL_ERROR", id, resets[id])
 				}

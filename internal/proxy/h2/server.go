@@ -79,6 +79,7 @@ func ServeConn(ctx context.Context, c net.Conn, h Handler, cfg ServerConfig) err
 		return err
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	sc.handlers.Go(func() { sc.runFlusher(sc.done) })
 
 	sc.idle = time.AfterFunc(cfg.IdleTimeout, sc.checkIdle)
 	defer sc.idle.Stop()
@@ -108,8 +109,9 @@ func ServeConn(ctx context.Context, c net.Conn, h Handler, cfg ServerConfig) err
 // serverConn is one connection ServeConn serves.
 type serverConn struct {
 	wire
-	cfg      ServerConfig
-	h        Handler
+	cfg ServerConfig
+	h   Handler
+	// handlers tracks the stream workers and the flusher.
 	handlers sync.WaitGroup
 	idle     *time.Timer
 	// work hands a new stream to an idle worker; done is closed when the
@@ -134,7 +136,7 @@ func (sc *serverConn) openStreams() []*stream {
 	defer sc.mu.Unlock()
 	list := make([]*stream, 0, len(sc.streams))
 	for _, s := range sc.streams {
-		list = append(list, s.st)
+		list = append(list, &s.st)
 	}
 	return list
 }
@@ -162,6 +164,7 @@ func (sc *serverConn) drain() {
 	sc.mu.Unlock()
 	sc.goAway(last, http2.ErrCodeNo)
 	if idle {
+		sc.flushNow()
 		_ = sc.c.Close()
 	}
 }
@@ -207,7 +210,7 @@ func protocolError(format string, args ...any) error {
 
 func (sc *serverConn) readFrames() error {
 	for {
-		f, err := sc.fr.ReadFrame()
+		f, hb, err := sc.readFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -223,7 +226,12 @@ func (sc *serverConn) readFrames() error {
 			}
 			return err
 		}
-		if err := sc.onFrame(f); err != nil {
+		if hb != nil {
+			err = sc.onHeaders(hb)
+		} else {
+			err = sc.onFrame(f)
+		}
+		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
 				sc.resetStream(se.StreamID, se.Code)
@@ -237,8 +245,6 @@ func (sc *serverConn) readFrames() error {
 
 func (sc *serverConn) onFrame(f http2.Frame) error {
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		return sc.onHeaders(f)
 	case *http2.DataFrame:
 		return sc.onData(f)
 	case *http2.SettingsFrame:
@@ -253,7 +259,7 @@ func (sc *serverConn) onFrame(f http2.Frame) error {
 				}
 				return nil
 			}
-			st = s.st
+			st = &s.st
 		}
 		return sc.applyWindowUpdate(st, f.Increment)
 	case *http2.RSTStreamFrame:
@@ -319,8 +325,8 @@ func (sc *serverConn) onData(f *http2.DataFrame) error {
 // connectionHeaders are the fields RFC 9113 8.2.2 forbids in HTTP/2.
 var connectionHeaders = []string{"connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"}
 
-func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
-	id := f.StreamID
+func (sc *serverConn) onHeaders(f *headerBlock) error {
+	id := f.streamID
 	if id%2 == 0 {
 		return protocolError("HEADERS on even stream %d", id)
 	}
@@ -329,7 +335,7 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		if s.remoteDone {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 		}
-		if !f.StreamEnded() {
+		if !f.ended {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 		}
 		s.remoteDone = true
@@ -349,15 +355,15 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 
 	s := &Stream{
-		Method:        f.PseudoValue("method"),
-		Scheme:        f.PseudoValue("scheme"),
-		Authority:     f.PseudoValue("authority"),
-		Path:          f.PseudoValue("path"),
-		Header:        f.RegularFields(),
+		Method:        f.pseudo(":method"),
+		Scheme:        f.pseudo(":scheme"),
+		Authority:     f.pseudo(":authority"),
+		Path:          f.pseudo(":path"),
+		Header:        f.regular(),
 		ContentLength: -1,
 		sc:            sc,
 	}
-	if s.Method == "" || s.Method == "CONNECT" || s.Path == "" || s.Scheme == "" || f.Truncated {
+	if s.Method == "" || s.Method == "CONNECT" || s.Path == "" || s.Scheme == "" || f.truncated {
 		// CONNECT is not proxied here; the others are malformed.
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
@@ -385,13 +391,13 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 			}
 		}
 	}
-	if f.StreamEnded() && s.ContentLength > 0 {
+	if f.ended && s.ContentLength > 0 {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
 	sc.fmu.Lock()
-	s.st = newStream(&sc.wire, id, sc.peerInit)
+	s.st.init(&sc.wire, id, sc.peerInit)
 	sc.fmu.Unlock()
-	if f.StreamEnded() {
+	if f.ended {
 		s.remoteDone = true
 		s.st.ended = true
 	}
@@ -460,6 +466,7 @@ func (sc *serverConn) finish(s *Stream) {
 	}
 	sc.mu.Unlock()
 	if closeNow {
+		sc.flushNow()
 		_ = sc.c.Close()
 	}
 }
@@ -475,12 +482,26 @@ type Stream struct {
 	ContentLength int64
 
 	sc *serverConn
-	st *stream
+	// st is set up before the stream is published; a part of Stream to
+	// save an allocation per request.
+	st stream
 	// remoteDone: END_STREAM arrived (reader goroutine only).
 	remoteDone bool
 	// wrote and ended are the handler's: head sent, END_STREAM sent.
 	wrote, ended bool
+	// read and written count the body bytes the handler read and wrote,
+	// for telemetry.
+	read, written int64
+	// status is the response status sent (0: none yet).
+	status int
 }
+
+// Status is the response status sent, 0 before WriteHeader.
+func (s *Stream) Status() int { return s.status }
+
+// BodyBytes returns the request body bytes read and the response body
+// bytes written so far.
+func (s *Stream) BodyBytes() (read, written int64) { return s.read, s.written }
 
 // Get returns the first value of the named field (lower-case name).
 func (s *Stream) Get(name string) string {
@@ -493,13 +514,18 @@ func (s *Stream) Get(name string) string {
 }
 
 // Read reads the request body; io.EOF at its end.
-func (s *Stream) Read(p []byte) (int, error) { return s.st.read(p, nil) }
+func (s *Stream) Read(p []byte) (int, error) {
+	n, err := s.st.read(p, nil)
+	s.read += int64(n)
+	return n, err
+}
 
 // BodyDone reports whether the request body was read to its end.
 func (s *Stream) BodyDone() bool { return s.st.allRead() }
 
 // WriteHeader sends the response head: status and fields (regular fields,
-// lower-case names, no connection-specific ones). end ends the stream (a
+// lower-case names, no connection-specific ones), which are encoded before
+// it returns. end ends the stream (a
 // response without body); flush false leaves it buffered for WriteData
 // that follows at once.
 func (s *Stream) WriteHeader(status int, fields []hpack.HeaderField, end, flush bool) error {
@@ -509,14 +535,22 @@ func (s *Stream) WriteHeader(status int, fields []hpack.HeaderField, end, flush 
 	if err := s.st.failed(); err != nil {
 		return err
 	}
-	s.wrote = true
-	hdr := make([]hpack.HeaderField, 0, 1+len(fields))
-	hdr = append(hdr, hpack.HeaderField{Name: ":status", Value: statusValue(status)})
+	s.wrote, s.status = true, status
+	// The fields only live until they are encoded below.
+	hp := HeaderFields()
+	defer PutHeaderFields(hp)
+	hdr := append((*hp)[:0], hpack.HeaderField{Name: ":status", Value: statusValue(status)})
 	hdr = append(hdr, fields...)
+	*hp = hdr
 	sc := s.sc
 	sc.lock()
 	sc.writeHeadersLocked(s.st.id, hdr, end)
-	err := sc.unlock(flush || end)
+	var err error
+	if flush || end {
+		err = sc.unlockBatched()
+	} else {
+		err = sc.unlock(false)
+	}
 	if end && err == nil {
 		s.ended = true
 	}
@@ -530,9 +564,12 @@ func (s *Stream) WriteData(p []byte, end, flush bool) error {
 	if !s.wrote || s.ended {
 		return errors.New("h2: data outside a response body")
 	}
-	err := s.sc.writeData(s.st, p, end, flush || end)
-	if end && err == nil {
-		s.ended = true
+	err := s.sc.writeData(&s.st, p, end, flush || end)
+	if err == nil {
+		s.written += int64(len(p))
+		if end {
+			s.ended = true
+		}
 	}
 	return err
 }

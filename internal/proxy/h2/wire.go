@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,13 +19,17 @@ import (
 //
 // Writes happen on the goroutine of the stream that writes, under wmu; the
 // bufio.Writer is flushed by the last writer in line (one that sees nobody
-// else waiting), so that frames of concurrent streams leave in one TLS
-// record and one syscall. Reads happen on the connection's reader goroutine
-// only (fr's read side, the hpack decoder, recvWin decrements).
+// else waiting), and what a stream leaves at the end of a message is
+// flushed by the connection's flusher goroutine after the runnable
+// goroutines had their turn (unlockBatched), so that frames of concurrent
+// streams leave in one TLS record and one syscall. Reads happen on the connection's reader goroutine
+// only (fr's read side, hdec, recvWin decrements).
 type wire struct {
 	c  net.Conn
 	br *bufio.Reader
 	fr *http2.Framer
+	// hdec decodes header blocks (headers.go).
+	hdec headerDecoder
 
 	// waiting counts writers queued for wmu, for flush coalescing.
 	waiting atomic.Int32
@@ -38,6 +43,8 @@ type wire struct {
 	werr error
 	// armed is when the write deadline was last pushed forward.
 	armed time.Time
+	// kick wakes runFlusher when a message ended with bytes in bw.
+	kick chan struct{}
 
 	// peerFrame is the largest frame the peer accepts.
 	peerFrame atomic.Uint32
@@ -66,8 +73,10 @@ func (w *wire) init(c net.Conn) {
 	w.bw = bufio.NewWriterSize(c, 16<<10)
 	w.fr = http2.NewFramer(w.bw, w.br)
 	w.fr.SetMaxReadFrameSize(readFrameSize)
-	w.fr.MaxHeaderListSize = maxHeaderListSize
-	w.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	// DATA payloads are copied into their stream at once.
+	w.fr.SetReuseFrames()
+	w.hdec.init()
+	w.kick = make(chan struct{}, 1)
 	w.henc = hpack.NewEncoder(&w.hbuf)
 	w.peerFrame.Store(defaultFrameSize)
 	w.fcond.L = &w.fmu
@@ -110,12 +119,8 @@ func (w *wire) lock() {
 // writer waits (that one flushes, or the next writer after it). It returns
 // the connection's write error, if any.
 func (w *wire) unlock(flush bool) error {
-	if w.werr == nil && flush && w.waiting.Load() == 0 && w.bw.Buffered() > 0 {
-		if now := time.Now(); now.Sub(w.armed) > writeTimeout/2 {
-			_ = w.c.SetWriteDeadline(now.Add(writeTimeout))
-			w.armed = now
-		}
-		w.werr = w.bw.Flush()
+	if flush && w.waiting.Load() == 0 {
+		w.flushLocked()
 	}
 	err := w.werr
 	w.wmu.Unlock()
@@ -124,6 +129,70 @@ func (w *wire) unlock(flush bool) error {
 		_ = w.c.Close()
 	}
 	return err
+}
+
+// flushLocked writes out bw, under wmu.
+func (w *wire) flushLocked() {
+	if w.werr != nil || w.bw.Buffered() == 0 {
+		return
+	}
+	if now := time.Now(); now.Sub(w.armed) > writeTimeout/2 {
+		_ = w.c.SetWriteDeadline(now.Add(writeTimeout))
+		w.armed = now
+	}
+	w.werr = w.bw.Flush()
+}
+
+// flushNow writes out what is buffered before the connection is closed
+// by us: the flusher may not have run yet for the last stream's response.
+func (w *wire) flushNow() {
+	w.lock()
+	w.flushLocked()
+	_ = w.unlock(false)
+}
+
+// unlockBatched releases the write side after the last write of a
+// stream's message (request or response) and leaves the flush to the
+// connection's flusher goroutine (runFlusher), which runs once the
+// goroutines ready to run had their turn: under load those are the other
+// streams of the connection with their frames ready, and one flush, one
+// TLS record and one syscall then carries all of them. The old rule alone
+// (flush unless a writer waits for the lock) almost never found a writer
+// waiting on two cores, so every message cost a write(2) on each side, the
+// largest share of the CPU mutual TLS added per request. A write error
+// shows in a later write's result and, as the connection is closed, in the
+// reader's.
+func (w *wire) unlockBatched() error {
+	if w.werr != nil || w.bw.Buffered() == 0 {
+		return w.unlock(false)
+	}
+	w.wmu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default: // a flush is already due
+	}
+	return nil
+}
+
+// runFlusher flushes what unlockBatched left buffered, until done is
+// closed (the connection ended). Woken by a writer it yields once first
+// (runtime.Gosched): the wake-up puts it next in line on the writer's P,
+// the yield behind the goroutines already runnable, whose frames then
+// join the flush. Being a goroutine of its own rather than the writer
+// yielding matters: waking it also wakes an idle P, which takes it at
+// once, so that a core is never left idle while bytes wait in bw.
+func (w *wire) runFlusher(done <-chan struct{}) {
+	for {
+		select {
+		case <-w.kick:
+		case <-done:
+			return
+		}
+		runtime.Gosched()
+		w.lock()
+		// A writer queued behind us flushes or kicks again (unlock's rule).
+		_ = w.unlock(true)
+	}
 }
 
 // setWriteErr records err as the connection's write error, under wmu.
@@ -215,7 +284,8 @@ func (w *wire) reserve(st *stream, want int) (int, error) {
 
 // writeData sends p on st as DATA frames within the flow-control windows,
 // the last one with END_STREAM when end is set. flush false leaves the
-// last frame buffered for a write that follows at once.
+// last frame buffered for a write that follows at once; flush true hands
+// it to the flusher (unlockBatched).
 func (w *wire) writeData(st *stream, p []byte, end, flush bool) error {
 	if len(p) == 0 {
 		if !end {
@@ -223,7 +293,10 @@ func (w *wire) writeData(st *stream, p []byte, end, flush bool) error {
 		}
 		w.lock()
 		w.setWriteErrLocked(w.fr.WriteData(st.id, true, nil))
-		return w.unlock(true)
+		if flush {
+			return w.unlockBatched()
+		}
+		return w.unlock(false)
 	}
 	for len(p) > 0 {
 		n, err := w.reserve(st, len(p))
@@ -234,7 +307,17 @@ func (w *wire) writeData(st *stream, p []byte, end, flush bool) error {
 		p = p[n:]
 		w.lock()
 		w.setWriteErrLocked(w.fr.WriteData(st.id, end && len(p) == 0, chunk))
-		if err := w.unlock(flush || len(p) > 0); err != nil {
+		switch {
+		case len(p) > 0:
+			// More to come after waiting for window: let the peer
+			// have this much now.
+			err = w.unlock(true)
+		case flush:
+			err = w.unlockBatched()
+		default:
+			err = w.unlock(false)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -373,8 +456,10 @@ type stream struct {
 	sendErr error
 }
 
-func newStream(w *wire, id uint32, sendWin int64) *stream {
-	return &stream{id: id, w: w, wake: make(chan struct{}, 1), recvWin: streamWindow, sendWin: sendWin}
+// init sets up a stream that was not used yet.
+func (st *stream) init(w *wire, id uint32, sendWin int64) {
+	st.id, st.w, st.wake = id, w, make(chan struct{}, 1)
+	st.recvWin, st.sendWin = streamWindow, sendWin
 }
 
 func (st *stream) signal() {
