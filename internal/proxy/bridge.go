@@ -94,9 +94,15 @@ func (u *tlsUpstream) Exchange(x *h1.Exchange) error {
 	defer h2.PutHeaderFields(hp)
 	hdr := (*hp)[:0]
 	x.VisitFields(func(name, value []byte) bool {
-		hdr = append(hdr, hpack.HeaderField{Name: h2.LowerName(name), Value: string(value)})
+		f := hpack.HeaderField{Name: h2.LowerName(name), Value: string(value)}
+		if !isPeerMeta(f.Name) { // the application's own are not believed
+			hdr = append(hdr, f)
+		}
 		return true
 	})
+	if pm := u.peerMeta.Load(); pm != nil {
+		hdr = append(hdr, *pm...)
+	}
 	if x.TETrailers() {
 		hdr = append(hdr, hpack.HeaderField{Name: "te", Value: "trailers"})
 	}
@@ -189,8 +195,22 @@ func (h streamHeaders) get(lower, _ string) (string, bool) {
 
 // ServeStream implements h2.Handler.
 func (b bridgeConn) ServeStream(s *h2.Stream) {
-	p := b.p
 	lcfg := b.l.cfg.Load()
+	st := b.p.state.Load()
+	src := takeStreamPeerMeta(s)
+	lt := st.tel[lcfg.Name]
+	if lt == nil || !lt.on() {
+		b.serveStream(s, lcfg, st, nil)
+		return
+	}
+	b.serveObserved(s, lcfg, st, lt, src)
+}
+
+// serveStream routes the stream and forwards it to the application. It
+// returns the status the peer was sent (499 when none); info, when set,
+// learns the route, cluster and endpoint.
+func (b bridgeConn) serveStream(s *h2.Stream, lcfg *config.Listener, st *state, info *routeInfo) int {
+	p := b.p
 	stat := statName(lcfg)
 	active := p.metrics.activeRequests.WithLabelValues(stat)
 	active.Inc()
@@ -200,9 +220,8 @@ func (b bridgeConn) ServeStream(s *h2.Stream) {
 	if lcfg.Authz != nil && !b.authorize(lcfg, s, path) {
 		localReply(s, http.StatusForbidden, h1.LocalBody(http.StatusForbidden))
 		p.metrics.request(stat, "", http.StatusForbidden)
-		return
+		return local(info, http.StatusForbidden)
 	}
-	st := p.state.Load()
 	rt := st.routes[lcfg.RouteName]
 	var rte *route
 	if rt != nil {
@@ -212,28 +231,34 @@ func (b bridgeConn) ServeStream(s *h2.Stream) {
 	if rte == nil {
 		localReply(s, http.StatusNotFound, h1.LocalBody(http.StatusNotFound))
 		p.metrics.request(stat, "", http.StatusNotFound)
-		return
+		return local(info, http.StatusNotFound)
+	}
+	if info != nil {
+		info.route = rte.cfg.Name
 	}
 	if dr := rte.cfg.DirectResponse; dr != nil {
 		localReply(s, dr.Status, dr.Body)
 		p.metrics.request(stat, "", dr.Status)
-		return
+		return local(info, dr.Status)
 	}
 	if (rte.traffic != nil && rte.traffic.limit != nil) || lcfg.Traffic != nil {
 		// Inbound admission (route_traffic_bridge.go).
 		release, ok := b.admit(s, lcfg, stat, rte)
 		if !ok {
-			return
+			return local(info, 0)
 		}
 		if release != nil {
 			defer release()
 		}
 	}
 	cl := rte.pickCluster()
+	if info != nil {
+		info.cl = cl
+	}
 	if cl == nil {
 		localReply(s, http.StatusServiceUnavailable, h1.LocalBody(http.StatusServiceUnavailable))
 		p.metrics.request(stat, "", http.StatusServiceUnavailable)
-		return
+		return local(info, http.StatusServiceUnavailable)
 	}
 	ep := cl.bal.Pick()
 	if ep == nil || cl.cfg.Protocol != config.UpstreamHTTP1 || cl.isTLS(ep.Address) {
@@ -244,14 +269,28 @@ func (b bridgeConn) ServeStream(s *h2.Stream) {
 		}
 		localReply(s, http.StatusServiceUnavailable, h1.LocalBody(http.StatusServiceUnavailable))
 		p.metrics.request(stat, cl.name, http.StatusServiceUnavailable)
-		return
+		return local(info, http.StatusServiceUnavailable)
 	}
 	defer ep.Done()
+	if info != nil {
+		info.addr = ep.Address
+	}
 	status := b.forward(s, rte, ep.Address)
 	if status == 0 {
 		status = 499
 	}
 	p.metrics.request(stat, cl.name, status)
+	return status
+}
+
+// local marks a stream the proxy answered itself and returns status (0:
+// the answer was written by a callee that knows it; 499 is close enough
+// for what telemetry needs of an admission refusal without its status).
+func local(info *routeInfo, status int) int {
+	if info != nil {
+		info.local = true
+	}
+	return status
 }
 
 // authorize decides a stream on a listener with a policy.
@@ -311,7 +350,10 @@ func (b bridgeConn) forward(s *h2.Stream, rte *route, addr string) int {
 		return status
 	}
 	defer res.Close()
-	hdr := make([]hpack.HeaderField, 0, 8)
+	// WriteHeader encodes the fields before it returns.
+	hp := h2.HeaderFields()
+	defer h2.PutHeaderFields(hp)
+	hdr := (*hp)[:0]
 	res.VisitFields(func(name, value []byte) bool {
 		hdr = append(hdr, hpack.HeaderField{Name: h2.LowerName(name), Value: string(value)})
 		return true
@@ -319,6 +361,7 @@ func (b bridgeConn) forward(s *h2.Stream, rte *route, addr string) int {
 	if res.ContentLength >= 0 {
 		hdr = append(hdr, hpack.HeaderField{Name: "content-length", Value: formatLength(res.ContentLength)})
 	}
+	*hp = hdr // a grown slice goes back to the pool
 	end := res.NoBody() || res.ContentLength == 0
 	if s.WriteHeader(res.Status, hdr, end, end || res.Buffered() == 0) != nil {
 		return 0

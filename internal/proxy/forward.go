@@ -109,6 +109,21 @@ func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveConnect(w, r)
 		return
 	}
+	lcfg := h.l.cfg.Load()
+	var src peerMeta
+	if h.l.inbound {
+		src = takePeerMeta(r)
+	}
+	if lt := h.p.state.Load().tel[lcfg.Name]; lt != nil && lt.on() {
+		h.serveObserved(w, r, lt, src)
+		return
+	}
+	h.serve(w, r, nil)
+}
+
+// serve routes and forwards r; info, when set, learns the route, cluster,
+// endpoint and retries, for telemetry.
+func (h listenerHandler) serve(w http.ResponseWriter, r *http.Request, info *routeInfo) {
 	p := h.p
 	lcfg := h.l.cfg.Load()
 	stat := statName(lcfg)
@@ -129,8 +144,15 @@ func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rte = rt.match(&head)
 	}
 	if rte == nil {
+		if info != nil {
+			info.local = true
+		}
 		h.fail(w, r, grpc, stat, "", failNoRoute)
 		return
+	}
+	if info != nil {
+		// Local until an endpoint is picked.
+		info.route, info.local = rte.cfg.Name, true
 	}
 	if dr := rte.cfg.DirectResponse; dr != nil {
 		if dr.Body != "" {
@@ -150,6 +172,9 @@ func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer end()
 	}
 	cl := rte.pickCluster()
+	if info != nil {
+		info.cl = cl
+	}
 	if cl == nil {
 		h.fail(w, r, grpc, stat, "", failNoEndpoint)
 		return
@@ -171,7 +196,10 @@ func (h listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, grpc, stat, cl.name, failNoEndpoint)
 		return
 	}
-	h.forward(w, r, grpc, stat, rte, cl, ep, setCookie)
+	if info != nil {
+		info.local = false
+	}
+	h.forward(w, r, grpc, stat, rte, cl, ep, setCookie, info)
 }
 
 func (h listenerHandler) fail(w http.ResponseWriter, r *http.Request, grpc bool, stat, clusterName string, f failure) {
@@ -204,7 +232,7 @@ func (h listenerHandler) fail(w http.ResponseWriter, r *http.Request, grpc bool,
 // attempt's endpoint is reported to the cluster's guard (which ends its
 // in-flight count). setCookie, when not empty, is added to the response
 // (a hash policy's new affinity cookie).
-func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bool, stat string, rte *route, cl *cluster, ep *balancer.Endpoint, setCookie string) {
+func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bool, stat string, rte *route, cl *cluster, ep *balancer.Endpoint, setCookie string, info *routeInfo) {
 	ctx := r.Context()
 	if rte.timeout > 0 {
 		var cancel context.CancelFunc
@@ -277,6 +305,9 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 				return
 			}
 			tr, scheme = cl.tls.transport(), "https"
+			if lt := h.p.state.Load().tel[h.l.cfg.Load().Name]; lt != nil && !lt.inbound {
+				setPeerMeta(r.Header, lt.local)
+			}
 		} else {
 			tr = cl.up.transport()
 		}
@@ -296,6 +327,9 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 			// EOF, which is before the Transport sends trailers, so sharing
 			// the map carries request trailers through.
 			Trailer: r.Trailer,
+		}
+		if info != nil {
+			info.addr = ep.Address
 		}
 		actx, perTry := ctx, (*perTryTimer)(nil)
 		if rtf != nil && rtf.perTry > 0 {
@@ -336,6 +370,9 @@ func (h listenerHandler) forward(w http.ResponseWriter, r *http.Request, grpc bo
 				}
 				ep, body, status, fl = next, http.NoBody, 0, resilience.FailureNone
 				h.p.trafficMetrics.retries.WithLabelValues(stat, cl.name).Inc()
+				if info != nil {
+					info.retries++
+				}
 				continue
 			}
 		}

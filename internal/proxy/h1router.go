@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"verge.dev/verge/internal/proxy/config"
 	"verge.dev/verge/internal/proxy/h1"
@@ -18,16 +19,40 @@ type h1Router struct {
 	src netip.Addr
 }
 
-// Route implements h1.Router.
+// Route implements h1.Router: it routes (route) and then has the
+// exchange observed (observeH1 in telemetry_h1.go).
 func (r h1Router) Route(req *h1.Request) h1.Decision {
-	p := r.p
 	lcfg := r.l.cfg.Load()
+	st := r.p.state.Load()
+	lt := st.tel[lcfg.Name]
+	if lt == nil || !lt.on() {
+		return r.route(req, lcfg, st, nil)
+	}
+	var info routeInfo
+	start := time.Now()
+	d := r.route(req, lcfg, st, &info)
+	return r.observeH1(req, d, lt, &info, start)
+}
+
+// routeInfo is what route tells the observer about its choice.
+type routeInfo struct {
+	route string
+	cl    *cluster
+	// addr is the endpoint of the last attempt, retries the attempts
+	// after the first (net/http path; the h1 engine reports its own), and
+	// local that the proxy answered itself.
+	addr    string
+	retries int
+	local   bool
+}
+
+func (r h1Router) route(req *h1.Request, lcfg *config.Listener, st *state, info *routeInfo) h1.Decision {
+	p := r.p
 	stat := statName(lcfg)
 	if lcfg.Authz != nil && !r.authorizeH1(lcfg, req) {
 		p.metrics.request(stat, "", http.StatusForbidden)
 		return h1.Decision{Status: http.StatusForbidden}
 	}
-	st := p.state.Load()
 	rt := st.routes[lcfg.RouteName]
 	var rte *route
 	var head requestHead
@@ -40,6 +65,9 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 		p.metrics.request(stat, "", http.StatusNotFound)
 		return h1.Decision{Status: http.StatusNotFound}
 	}
+	if info != nil {
+		info.route = rte.cfg.Name
+	}
 	if dr := rte.cfg.DirectResponse; dr != nil {
 		p.metrics.request(stat, "", dr.Status)
 		return h1.Decision{Status: dr.Status}
@@ -47,9 +75,12 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 	if rte.traffic != nil || lcfg.Traffic != nil || rte.guarded {
 		// Traffic management has its own path (h1router_traffic.go), so
 		// that routes without it keep this one's cost.
-		return r.routeTraffic(req, lcfg, stat, &head, rte)
+		return r.routeTraffic(req, lcfg, stat, &head, rte, info)
 	}
 	cl := rte.pickCluster()
+	if info != nil {
+		info.cl = cl
+	}
 	if cl == nil {
 		p.metrics.request(stat, "", http.StatusServiceUnavailable)
 		return h1.Decision{Status: http.StatusServiceUnavailable}
@@ -88,6 +119,7 @@ func (r h1Router) Route(req *h1.Request) h1.Decision {
 		// status is what the client was sent, the engine's own reply
 		// included; 0 (nothing sent: the client left) counts as 499.
 		Done: func(status int, err error) {
+			noteStatus(ep, status)
 			ep.Done()
 			active.Dec()
 			if status == 0 {

@@ -73,6 +73,9 @@ type httpListener struct {
 	// netConns are the connections handed to net/http, by the conn it
 	// serves, so that enforce can close them once idle (trackNet).
 	netConns map[net.Conn]*netConn
+	// inbound: the listener takes calls to the workload (its name never
+	// changes, and with it the side).
+	inbound bool
 }
 
 // servedConn is a connection the h1 engine or the bridge serves: cancel
@@ -115,7 +118,8 @@ const (
 func (p *Proxy) newHTTPListener(ln net.Listener, cl *config.Listener) *httpListener {
 	l := &httpListener{p: p, ln: ln, port: addrPort(ln.Addr()), accepted: make(chan struct{}),
 		live: map[net.Conn]struct{}{}, h1Conns: map[net.Conn]servedConn{},
-		bridgeConns: map[net.Conn]servedConn{}, netConns: map[net.Conn]*netConn{}}
+		bridgeConns: map[net.Conn]servedConn{}, netConns: map[net.Conn]*netConn{},
+		inbound: strings.HasPrefix(cl.Name, "inbound:")}
 	l.cfg.Store(cl)
 	l.tls.update(p, cl)
 	return l

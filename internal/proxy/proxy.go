@@ -13,12 +13,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2/hpack"
 
 	"verge.dev/verge/internal/proxy/authz"
 	"verge.dev/verge/internal/proxy/backoff"
 	"verge.dev/verge/internal/proxy/balancer"
 	"verge.dev/verge/internal/proxy/config"
 	"verge.dev/verge/internal/proxy/h1"
+	"verge.dev/verge/internal/proxy/observe"
 )
 
 // Defaults for zero Config fields.
@@ -79,6 +81,12 @@ type Config struct {
 	Bundle x509bundle.Source
 	// Authz records authorization decisions; nil: counted nowhere.
 	Authz *authz.Recorder
+	// Node is the proxy's xDS node id, Zone its workload's zone label and
+	// Service its workload's service ("NAME.NS") when the configuration
+	// does not name it: the labels of request telemetry (telemetry.go).
+	Node, Zone, Service string
+	// Workload is "namespace/name" of the workload, for reports.
+	Workload string
 }
 
 func (c Config) withDefaults() Config {
@@ -138,6 +146,14 @@ type Proxy struct {
 	// revoked is the set of revoked certificate serials of the latest
 	// snapshot's trust bundle (revoke.go); nil before any.
 	revoked atomic.Pointer[revokedSet]
+
+	// obs records every request and connection; tel holds the listeners'
+	// access logs, tracers and edge caches (telemetry.go).
+	obs *observe.Observer
+	tel *telemetryHub
+	// peerMeta are the x-verge-source fields the bridge adds to requests
+	// to peer proxies (nil: the local service is unknown).
+	peerMeta atomic.Pointer[[]hpack.HeaderField]
 }
 
 // state is one published snapshot with its compiled form.
@@ -145,6 +161,8 @@ type state struct {
 	snap     *config.Snapshot
 	routes   map[string]*routeTable
 	clusters map[string]*cluster
+	// tel is each listener's telemetry, by listener name.
+	tel map[string]*listenerTelemetry
 }
 
 // cluster is a config.Cluster bound to its long-lived pool.
@@ -153,6 +171,25 @@ type cluster struct {
 	*pool
 	// tlsAddrs are the endpoints reached with mutual TLS (tlsEndpoints).
 	tlsAddrs map[string]struct{}
+	// zones maps endpoint address to zone, for telemetry; nil when no
+	// endpoint has one.
+	zones map[string]string
+}
+
+// zoneOf is the zone of the endpoint at addr ("" when unknown).
+func (c *cluster) zoneOf(addr string) string { return c.zones[addr] }
+
+func endpointZones(cc *config.Cluster) map[string]string {
+	var m map[string]string
+	for _, ep := range cc.Endpoints {
+		if ep.Zone != "" {
+			if m == nil {
+				m = make(map[string]string, len(cc.Endpoints))
+			}
+			m[ep.Address] = ep.Zone
+		}
+	}
+	return m
 }
 
 // pool is the state of one cluster that survives snapshots as long as the
@@ -212,6 +249,9 @@ func New(cfg Config, logger *slog.Logger) *Proxy {
 	}
 	p.guardMetrics = newGuardMetrics(p.metrics.reg)
 	p.trafficMetrics = newTrafficMetrics(p.metrics.reg)
+	p.obs = observe.New(observe.Options{Registry: p.metrics.reg, Proxy: p.cfg.Node, Service: p.cfg.Service,
+		Zone: p.cfg.Zone, Workload: p.cfg.Workload})
+	p.tel = newTelemetryHub(p)
 	if !p.cfg.DisableH1FastPath {
 		gauge := p.metrics.h1UpstreamActive
 		opened := p.metrics.h1UpstreamOpened
@@ -249,8 +289,16 @@ func (p *Proxy) Update(s *config.Snapshot) {
 	p.updateMu.Lock()
 	p.setRevoked(revokedFrom(s))
 	st, retired := p.compileLocked(s)
+	var unusedTelemetry func()
+	st.tel, unusedTelemetry = p.tel.compile(s)
 	p.state.Store(st)
+	p.peerMeta.Store(peerMetaFields(p.LocalService(), p.cfg.Zone))
 	p.updateMu.Unlock()
+	// Requests routed on the previous state may still log or trace with
+	// what s no longer uses: close it once they have had time to finish.
+	if unusedTelemetry != nil {
+		time.AfterFunc(p.cfg.DrainTimeout, unusedTelemetry)
+	}
 	// Outside updateMu: stopping waits for health checks in flight.
 	for _, g := range retired {
 		g.stop()
@@ -368,7 +416,7 @@ func (p *Proxy) compileLocked(s *config.Snapshot) (*state, []*clusterGuard) {
 			pl.guard.reconfigureLocked(cc.Traffic, pl.bal, pl.tls, tlsAddrs)
 		}
 		next[name] = pl
-		st.clusters[name] = &cluster{cfg: cc, pool: pl, tlsAddrs: tlsAddrs}
+		st.clusters[name] = &cluster{cfg: cc, pool: pl, tlsAddrs: tlsAddrs, zones: endpointZones(cc)}
 	}
 	for name, old := range p.pools {
 		if _, ok := next[name]; !ok {
@@ -470,6 +518,23 @@ func (c *countedConn) Close() error {
 		}
 	}
 	return c.Conn.Close()
+}
+
+// Observer is the proxy's request telemetry, whose reports the agent
+// sends to the control plane.
+func (p *Proxy) Observer() *observe.Observer { return p.obs }
+
+// LocalService is the workload's service as its listeners' configuration
+// names it ("NAME.NS"), else Config.Service.
+func (p *Proxy) LocalService() string {
+	if st := p.state.Load(); st != nil {
+		for _, lt := range st.tel {
+			if s := lt.local.Service; s != "" && s != unknownPeer {
+				return s
+			}
+		}
+	}
+	return p.cfg.Service
 }
 
 // Ready reports whether a snapshot has been applied and all its listeners
@@ -574,6 +639,8 @@ func (p *Proxy) shutdown(wg *sync.WaitGroup, open map[listenerKey]running) {
 	if p.h1Pool != nil {
 		p.h1Pool.Close()
 	}
+	// Drained: the last requests' log lines and spans go out now.
+	p.tel.closeAll()
 	p.log.Info("proxy stopped")
 }
 

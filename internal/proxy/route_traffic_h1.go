@@ -28,7 +28,7 @@ import (
 // whose request waits, and it is what keeps the class order (a critical
 // request queued ahead of bulk ones) on this path too. No lock is held
 // while waiting.
-func (r h1Router) routeTraffic(req *h1.Request, lcfg *config.Listener, stat string, head *requestHead, rte *route) h1.Decision {
+func (r h1Router) routeTraffic(req *h1.Request, lcfg *config.Listener, stat string, head *requestHead, rte *route, info *routeInfo) h1.Decision {
 	p := r.p
 	tm := p.trafficMetrics
 	rt := rte.traffic
@@ -78,6 +78,9 @@ func (r h1Router) routeTraffic(req *h1.Request, lcfg *config.Listener, stat stri
 	cl := rte.pickCluster()
 	if cl == nil {
 		return f.local("", http.StatusServiceUnavailable)
+	}
+	if info != nil {
+		info.cl = cl
 	}
 	f.cl = cl
 	if cl.cfg.Protocol != config.UpstreamHTTP1 || (cl.tlsAddrs != nil && !p.bridgeOut()) {

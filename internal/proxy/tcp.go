@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/proxy/observe"
 	"verge.dev/verge/internal/proxy/ratelimit"
 	"verge.dev/verge/internal/proxy/resilience"
 )
@@ -212,6 +213,8 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 	lcfg := l.cfg.Load()
 	stat := statName(lcfg)
 	m := l.p.metrics
+	var obs *tcpObs
+	var sentBytes, receivedBytes int64
 	// raw stays the socket the drain and the idle timer cut; down may
 	// become the TLS connection over it.
 	raw := down
@@ -228,6 +231,12 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 		if !l.identify(raw, peer) {
 			return
 		}
+	}
+	if lt := l.p.state.Load().tel[lcfg.Name]; lt != nil && (!lt.metricsOff || lt.log != nil) {
+		to := &tcpObs{p: l.p, lt: lt, start: time.Now(), principal: principal, failed: true}
+		defer to.done()
+		defer func() { to.sent, to.received = sentBytes, receivedBytes }()
+		obs = to
 	}
 	if lcfg.Authz != nil && !l.p.authorizeConn(lcfg, principal, remoteIP(raw), l.port) {
 		l.p.log.Debug("tcp connection denied", "listener", stat, "principal", principal)
@@ -260,6 +269,9 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 		return
 	}
 	defer ep.Done()
+	if obs != nil {
+		obs.cl, obs.addr = cl, ep.Address
+	}
 	up, upRaw, err := l.dialUpstream(ctx, cl, ep.Address)
 	if err != nil {
 		l.p.log.Debug("tcp upstream connect failed", "listener", stat, "cluster", cl.name, "endpoint", ep.Address, "error", err)
@@ -270,6 +282,9 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 		return
 	}
 	g.observe(ep.Address, resilience.ResultSuccess)
+	if obs != nil {
+		obs.connected(cl, ep.Address)
+	}
 	if !l.track(upRaw, nil) {
 		_ = up.Close()
 		return
@@ -341,6 +356,67 @@ func (l *tcpListener) handle(ctx context.Context, down net.Conn) {
 	wg.Wait()
 	m.tcpBytes.WithLabelValues(stat, cl.name, "sent").Add(float64(sent))
 	m.tcpBytes.WithLabelValues(stat, cl.name, "received").Add(float64(received))
+	sentBytes, receivedBytes = sent, received
+}
+
+// tcpObs observes one TCP connection: opened once an upstream connection
+// is made, recorded (with the access log line) when it ends.
+type tcpObs struct {
+	p         *Proxy
+	lt        *listenerTelemetry
+	start     time.Time
+	principal string
+	cl        *cluster
+	addr      string
+	edge      *observe.Edge
+	failed    bool
+	// sent went upstream (from the downstream), received came back.
+	sent, received int64
+}
+
+func (t *tcpObs) peer() observe.Peer {
+	switch {
+	case t.lt.inbound:
+		// Plain TCP carries no peer metadata: the identity only.
+		return sourcePeer(t.principal, "", "")
+	case t.cl != nil:
+		return clusterPeer(t.cl.name, t.cl.zoneOf(t.addr))
+	}
+	return observe.Peer{Service: unknownPeer}
+}
+
+func (t *tcpObs) connected(cl *cluster, addr string) {
+	t.cl, t.addr, t.failed = cl, addr, false
+	t.edge = t.lt.edge("", "tcp", t.peer())
+	if !t.lt.metricsOff {
+		t.p.obs.ConnOpened(t.edge)
+	}
+}
+
+func (t *tcpObs) done() {
+	if t.edge == nil {
+		t.edge = t.lt.edge("", "tcp", t.peer())
+	}
+	c := observe.Conn{Edge: t.edge, Start: t.start, Duration: time.Since(t.start),
+		BytesIn: t.sent, BytesOut: t.received, Upstream: t.addr, Failed: t.failed, Log: t.lt.log}
+	if t.failed {
+		c.Flags = "UF"
+		if t.cl == nil || t.addr == "" {
+			c.Flags = "UH"
+		}
+	}
+	if t.lt.metricsOff {
+		if c.Log != nil {
+			c.Log.LogConn(&c)
+		}
+		return
+	}
+	if t.failed {
+		// TCP pairs with ConnOpened, which a connection that reached no
+		// upstream did not call.
+		t.p.obs.ConnOpened(t.edge)
+	}
+	t.p.obs.TCP(&c)
 }
 
 // dialUpstream connects to addr, with mutual TLS when the cluster reaches

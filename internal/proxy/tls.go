@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2/hpack"
 
 	"verge.dev/verge/internal/proxy/config"
 	"verge.dev/verge/internal/proxy/h2"
@@ -371,6 +372,9 @@ type tlsUpstream struct {
 	bridgeDialed prometheus.Counter
 	bridgeOnce   sync.Once
 	bridge       atomic.Pointer[h2.Client]
+	// peerMeta is the proxy's peer metadata fields (telemetry.go), sent
+	// with every bridged request.
+	peerMeta *atomic.Pointer[[]hpack.HeaderField]
 
 	// conns are the open connections and their peer's leaf serial, so that
 	// a revocation finds those to close (revoke.go).
@@ -395,6 +399,7 @@ func (p *Proxy) newTLSUpstream(clusterName string, ut *config.UpstreamTLS, conne
 		cluster:        clusterName,
 		idleTimeout:    p.cfg.UpstreamIdleTimeout,
 		bridgeDialed:   p.metrics.bridgeConns.WithLabelValues("outbound"),
+		peerMeta:       &p.peerMeta,
 	}
 	if !p.haveIdentity() {
 		u.err = errNoIdentity

@@ -25,6 +25,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -36,8 +37,10 @@ import (
 	"verge.dev/verge/internal/proxy"
 	"verge.dev/verge/internal/proxy/authz"
 	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/proxy/tracing"
 	"verge.dev/verge/internal/proxy/workloadapi"
 	"verge.dev/verge/internal/proxy/xdsclient"
+	"verge.dev/verge/internal/telemetry"
 )
 
 // Config is the proxy role's bootstrap configuration, read once.
@@ -88,8 +91,11 @@ type Config struct {
 	// counted). The agent writes it from one goroutine and does not close
 	// it; the caller does, after Run returns.
 	AuditLog io.Writer
+	// ReportInterval is how often the proxy sends its traffic summary to
+	// the control plane (default DefaultReportInterval).
+	ReportInterval time.Duration
 	// Proxy is the data path's own configuration; the agent sets its SVID,
-	// Bundle and Authz.
+	// Bundle, Authz and telemetry labels.
 	Proxy proxy.Config
 }
 
@@ -156,6 +162,9 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 	defer rec.Close()
 	cfg.Proxy.Authz = rec
 
+	tracing.LogErrors(log)
+	cfg.Proxy.Node, cfg.Proxy.Workload = cfg.NodeID(), cfg.Namespace+"/"+cfg.Name
+	cfg.Proxy.Zone = cfg.Labels["zone"]
 	p := proxy.New(cfg.Proxy, logger)
 	collectors := rec.Collectors()
 	if id != nil {
@@ -219,6 +228,18 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 
 	reg := &registrar{cfg: regCfg, http: regHTTP, log: log,
 		connected: func() bool { return xc.Status().Connected }}
+	adminAddr := adminLis.Addr().String()
+	rep := &reporter{obs: p.Observer(), server: regCfg.Server, http: regHTTP, log: log,
+		interval: cfg.ReportInterval,
+		fill: func(r *telemetry.Report) {
+			r.AdminAddress = adminAddr
+			if svc := p.LocalService(); svc != "" {
+				r.Service, r.Namespace, _ = strings.Cut(svc, ".")
+			}
+		}}
+	if rep.interval <= 0 {
+		rep.interval = DefaultReportInterval
+	}
 
 	adminHandler := p.AdminHandler(proxy.AdminSources{
 		HasConfig: func() bool { return p.Ready() },
@@ -274,6 +295,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 			reg.cfg.ServiceAccount = workloadServiceAccount(cfg, id.ID(), log)
 		}
 		return reg.run(gctx)
+	})
+	g.Go(func() error {
+		// Reports need the SVID, as registration does.
+		if id != nil && id.Wait(gctx) != nil {
+			return nil
+		}
+		return rep.run(gctx)
 	})
 	g.Go(func() error {
 		err := admin.Serve(adminLis)

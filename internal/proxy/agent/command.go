@@ -141,6 +141,7 @@ runs without identity (plaintext) and says so in its log.`,
 	f.IntVar(&httpProxyPort, "http-proxy-port", 0, "port (on --outbound-address) of a listener for applications that set HTTP_PROXY=http://ADDR:PORT: absolute-form requests and CONNECT to NAME.NS.mesh[:PORT] reach that service; 0 is off")
 	f.StringVar(&cfg.AppAddress, "app-address", "127.0.0.1", "address the application listens on")
 	f.StringVar(&cfg.ReadinessPath, "readiness-path", "", "HTTP path probed for readiness (default: TCP connect)")
+	f.DurationVar(&cfg.ReportInterval, "report-interval", DefaultReportInterval, "how often the proxy sends its traffic summary (request counts, latencies, taps) to the control plane")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:9901", "admin listener: /ready, /stats/prometheus, /config_dump, /debug/pprof/")
 	f.StringVar(&cfg.DataDir, "data-dir", "./verge-proxy-data", "directory for the last accepted configuration and the proxy's identity")
 	f.StringVar(&idFlags.token, "join-token", "", "join token proving the workload's identity at first start (default from VERGE_JOIN_TOKEN; prefer --join-token-file: flags show in ps)")

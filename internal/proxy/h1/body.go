@@ -28,6 +28,7 @@ func copyFixed(dst *bufio.Writer, src *bufio.Reader, n int64, cb *copyBuf) (rerr
 			}
 			_, _ = src.Discard(k)
 			n -= int64(k)
+			cb.n += int64(k)
 			continue
 		}
 		if err := dst.Flush(); err != nil {
@@ -40,6 +41,7 @@ func copyFixed(dst *bufio.Writer, src *bufio.Reader, n int64, cb *copyBuf) (rerr
 				return nil, err
 			}
 			n -= int64(k)
+			cb.n += int64(k)
 		}
 		if err != nil && n > 0 {
 			if err == io.EOF {
@@ -60,6 +62,7 @@ func copyUntilEOF(dst *bufio.Writer, src *bufio.Reader, cb *copyBuf) (rerr, werr
 				return nil, err
 			}
 			_, _ = src.Discard(b)
+			cb.n += int64(b)
 			continue
 		}
 		if err := dst.Flush(); err != nil {
@@ -71,6 +74,7 @@ func copyUntilEOF(dst *bufio.Writer, src *bufio.Reader, cb *copyBuf) (rerr, werr
 			if _, err := dst.Write(buf[:k]); err != nil {
 				return nil, err
 			}
+			cb.n += int64(k)
 		}
 		if err == io.EOF {
 			return nil, nil

@@ -72,6 +72,21 @@ type Decision struct {
 	// Traffic is the route's traffic management for this exchange; nil
 	// keeps the plain single exchange (the fast path pays one nil check).
 	Traffic *Traffic
+	// Stats, if set, is filled in before Done is called, for metrics and
+	// access logs; the router owns it (it may pool it).
+	Stats *Stats
+}
+
+// Stats is what an exchange moved.
+type Stats struct {
+	// BytesIn is the request body received from the client (decoded);
+	// BytesOut the response body sent to it (decoded, local replies
+	// included).
+	BytesIn, BytesOut int64
+	// Retries is the number of attempts after the first.
+	Retries int
+	// Addr is the endpoint of the final attempt ("" for a local reply).
+	Addr string
 }
 
 // Field is one header field.

@@ -151,6 +151,12 @@ type conn struct {
 	// may still be sending.
 	linger   bool
 	upgraded []byte
+	// bytesIn and bytesOut count the current exchange's body bytes from
+	// and to the client (Decision.Stats).
+	bytesIn, bytesOut int64
+	// retries and finalAddr are the last Traffic exchange's (traffic.go).
+	retries   int
+	finalAddr string
 
 	// mu orders drain against the idle state, so that drain interrupts
 	// only a connection waiting for a request, never one mid-exchange.
@@ -299,6 +305,9 @@ func (cs *conn) handle() (keep bool, err error) {
 		// An unread body would be taken for the next request: close.
 		keep = !rh.close && !rh.hasBody() && !cs.draining.Load()
 		err = cs.writeLocal(status, LocalBody(status), !keep, isHead(rh.method), d.Header)
+		if d.Stats != nil {
+			*d.Stats = Stats{BytesOut: int64(len(LocalBody(status)))}
+		}
 		if d.Done != nil {
 			d.Done(status, nil)
 		}
@@ -315,6 +324,7 @@ func (cs *conn) handle() (keep bool, err error) {
 		_ = cs.c.SetDeadline(deadline)
 		cs.downDeadline = true
 	}
+	cs.bytesIn, cs.bytesOut, cs.buf.n = 0, 0, 0
 	switch {
 	case d.Traffic != nil:
 		status, keep, err = cs.traffic(&d, deadline)
@@ -328,6 +338,12 @@ func (cs *conn) handle() (keep bool, err error) {
 		cs.downDeadline = false
 	}
 	cs.buf.release()
+	if d.Stats != nil {
+		*d.Stats = Stats{BytesIn: cs.bytesIn, BytesOut: cs.bytesOut, Addr: d.Addr}
+		if d.Traffic != nil {
+			d.Stats.Retries, d.Stats.Addr = cs.retries, cs.finalAddr
+		}
+	}
 	if d.Done != nil {
 		d.Done(status, err)
 	}
@@ -383,6 +399,7 @@ func (cs *conn) pooled(addr string, deadline time.Time, t *trafficState) (status
 			p, _ := cs.br.Peek(int(rh.contentLength))
 			_, _ = uc.bw.Write(p)
 			werr = uc.bw.Flush()
+			cs.bytesIn = int64(len(p))
 		default:
 			if rh.expectContinue {
 				// Answer 100 here rather than relay it: the upstream never
@@ -393,11 +410,13 @@ func (cs *conn) pooled(addr string, deadline time.Time, t *trafficState) (status
 					return 0, false, fmt.Errorf("write 100 continue: %w", err)
 				}
 			}
+			cs.buf.n = 0
 			if rh.chunked {
 				rerr, werr = copyChunked(uc.bw, cs.br, &cs.buf, true)
 			} else {
 				rerr, werr = copyFixed(uc.bw, cs.br, rh.contentLength, &cs.buf)
 			}
+			cs.bytesIn = cs.buf.n
 			if rerr == nil && werr == nil {
 				werr = uc.bw.Flush()
 				bodyDone = true
@@ -538,6 +557,7 @@ func (cs *conn) relay(addr string, uc *upConn, edits *HeaderEdits) (int, bool, e
 	_, _ = bw.WriteString("\r\n")
 
 	var rerr, werr error
+	cs.buf.n = 0
 	switch {
 	case noBody:
 	case resp.contentLength >= 0:
@@ -547,6 +567,7 @@ func (cs *conn) relay(addr string, uc *upConn, edits *HeaderEdits) (int, bool, e
 	default:
 		rerr, werr = copyUntilEOF(bw, uc.br, &cs.buf)
 	}
+	cs.bytesOut = cs.buf.n
 	if rerr == nil && werr == nil {
 		werr = bw.Flush()
 	}
@@ -847,7 +868,12 @@ func isTimeout(err error) bool {
 // copyBuf lends a 32 KiB buffer from a shared pool only while a body is
 // too large to go through the bufio buffers, so that idle connections do
 // not each hold one.
-type copyBuf struct{ b *[]byte }
+// copyBuf lends a copy buffer to the body copies and counts the body
+// bytes they moved (n), for Decision.Stats.
+type copyBuf struct {
+	b *[]byte
+	n int64
+}
 
 var copyBufPool = sync.Pool{New: func() any {
 	b := make([]byte, 32<<10)

@@ -59,7 +59,10 @@ func (cs *conn) traffic(d *Decision, deadline time.Time) (status int, keep bool,
 	t := &cs.tx
 	tr := d.Traffic
 	*t = trafficState{cs: cs, tr: tr, deadline: deadline, addr: d.Addr, up: d.Upstream}
-	defer func() { *t = trafficState{} }()
+	defer func() {
+		cs.retries, cs.finalAddr = t.retries, t.addr
+		*t = trafficState{}
+	}()
 
 	rh := &cs.rh
 	hasBody := rh.hasBody()

@@ -70,6 +70,8 @@ type Exchange struct {
 
 func (x *Exchange) reset(cs *conn, addr string, deadline time.Time) {
 	*x = Exchange{cs: cs, addr: addr, deadline: deadline, length: -1}
+	// An attempt replaying the body counts it again from the start.
+	cs.bytesIn = 0
 	rh := &cs.rh
 	switch {
 	case rh.chunked:
@@ -161,6 +163,7 @@ func (x *Exchange) Read(p []byte) (int, error) {
 	if x.replay != nil {
 		n := copy(p, x.replay[x.off:])
 		x.off += n
+		x.cs.bytesIn += int64(n)
 		if x.off == len(x.replay) {
 			x.bodyDone = true
 			return n, io.EOF
@@ -200,6 +203,7 @@ func (x *Exchange) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF {
 		x.bodyErr = err
 	}
+	cs.bytesIn += int64(n)
 	return n, err
 }
 
@@ -290,6 +294,7 @@ func (x *Exchange) Write(p []byte) (int, error) {
 		}
 	}
 	n, err := bw.Write(p)
+	x.cs.bytesOut += int64(n)
 	if err != nil {
 		return n, err
 	}

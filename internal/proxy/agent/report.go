@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"verge.dev/verge/internal/proxy/observe"
+	"verge.dev/verge/internal/telemetry"
+)
+
+// DefaultReportInterval is how often a proxy sends its traffic summary to
+// the control plane when no tap is active.
+const DefaultReportInterval = 5 * time.Second
+
+// reporter pushes the observer's deltas to the control plane
+// (telemetry.ReportPath) and applies the taps the answer lists. A report
+// the control plane did not accept stays in the observer and goes with the
+// next one, so an outage loses no counts, only their timing.
+type reporter struct {
+	obs      *observe.Observer
+	server   string
+	http     *http.Client
+	log      *slog.Logger
+	interval time.Duration
+	// fill completes a report with what the agent knows of itself.
+	fill func(*telemetry.Report)
+}
+
+func (r *reporter) run(ctx context.Context) error {
+	if r.server == "" || r.obs == nil {
+		<-ctx.Done()
+		return nil
+	}
+	wait := r.interval
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			// One last report, bounded, so that a stopping proxy's last
+			// seconds of traffic are counted.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_, _ = r.send(fctx)
+			cancel()
+			return nil
+		case <-t.C:
+		}
+		next, err := r.send(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			if !failing {
+				r.log.Warn("telemetry report not accepted; counts are kept for the next one", "error", err)
+			}
+			failing = true
+			wait = r.interval
+		default:
+			if failing {
+				r.log.Info("telemetry reports accepted again")
+			}
+			failing = false
+			wait = r.interval
+			if next > 0 {
+				wait = min(next, r.interval)
+			}
+		}
+		t.Reset(wait)
+	}
+}
+
+// send posts one report and returns the interval the control plane asks
+// for (0: the default).
+func (r *reporter) send(ctx context.Context) (time.Duration, error) {
+	rep := r.obs.Report()
+	if r.fill != nil {
+		r.fill(rep)
+	}
+	body, err := json.Marshal(rep)
+	if err != nil {
+		return 0, err
+	}
+	u := strings.TrimSuffix(r.server, "/") + telemetry.ReportPath
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := r.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode >= 300 {
+		return 0, fmt.Errorf("POST %s: %s: %s", u, resp.Status, bytes.TrimSpace(data))
+	}
+	r.obs.Commit(rep)
+	var ans telemetry.ReportResponse
+	if err := json.Unmarshal(data, &ans); err != nil {
+		return 0, fmt.Errorf("POST %s: answer: %w", u, err)
+	}
+	r.obs.SetTaps(ans.Taps)
+	return ans.Interval, nil
+}
