@@ -321,6 +321,10 @@ func TestObservability(t *testing.T) {
 		}
 	})
 
+	t.Run("dashboard in Chromium", func(t *testing.T) {
+		checkDashboard(t, c, []string{"a.default", "b.default", "c.default"}, "b.default")
+	})
+
 	t.Run("verge top", func(t *testing.T) {
 		out, code := c.verge(t, "", "top", "--once", "--window", "5m")
 		if code != 0 {
