@@ -11,6 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/proxy/tracing/otlpsink"
 )
 
 // BenchmarkTwoProxies measures the two-proxy path (client -> outbound
@@ -34,15 +37,30 @@ func BenchmarkTwoProxies(b *testing.B) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		_, _ = w.Write(payload)
 	}))
+	sink, err := otlpsink.StartCounting()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(sink.Close)
+	noMetrics := &config.ListenerTelemetry{MetricsDisabled: true}
+	trace := func(percent float64) *config.ListenerTelemetry {
+		return &config.ListenerTelemetry{Tracing: &config.Tracing{SamplePercent: percent, Collector: "verge-otlp", ServiceName: "bench"}}
+	}
 	for _, bc := range []struct {
 		name     string
 		noTLS    bool
 		noBridge bool
 		policy   bool
-	}{{"plaintext", true, false, false}, {"plaintext-policy", true, false, true}, {"mtls", false, false, false},
-		{"mtls-nethttp", false, true, false}} {
+		tel      *config.ListenerTelemetry
+	}{{"plaintext", true, false, false, nil}, {"plaintext-policy", true, false, true, nil}, {"mtls", false, false, false, nil},
+		{"mtls-nethttp", false, true, false, nil},
+		// Issue 6: metrics are on by default; these turn them off or add
+		// tracing at 1% and 100%.
+		{"plaintext-nometrics", true, false, false, noMetrics},
+		{"plaintext-trace1", true, false, false, trace(1)},
+		{"plaintext-trace100", true, false, false, trace(100)}} {
 		b.Run(bc.name, func(b *testing.B) {
-			o := meshOpts{appAddr: app.addr, noTLS: bc.noTLS, noBridge: bc.noBridge, policy: bc.policy}
+			o := meshOpts{appAddr: app.addr, noTLS: bc.noTLS, noBridge: bc.noBridge, policy: bc.policy, tel: bc.tel, collector: sink.Addr()}
 			if !bc.noTLS {
 				_, o.in, o.out = meshIdentities(b)
 			}

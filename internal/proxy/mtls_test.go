@@ -145,6 +145,25 @@ type meshOpts struct {
 	noBridge bool
 	// policy applies issue 5's realistic policy set (policySet).
 	policy bool
+	// tel, when set, is both proxies' listeners' telemetry; a tracer's
+	// collector cluster gets the endpoint collector.
+	tel       *config.ListenerTelemetry
+	collector string
+}
+
+// applyTelemetry sets o's telemetry on every listener of s.
+func applyTelemetry(s *config.Snapshot, o meshOpts) *config.Snapshot {
+	if o.tel == nil {
+		return s
+	}
+	for _, l := range s.Listeners {
+		l.Telemetry = o.tel
+	}
+	if tr := o.tel.Tracing; tr != nil {
+		s.Clusters[tr.Collector] = &config.Cluster{Name: tr.Collector, LB: config.LBRoundRobin,
+			Protocol: config.UpstreamHTTP2, Endpoints: []config.Endpoint{{Address: o.collector, Weight: 1}}}
+	}
+	return s
 }
 
 type meshPair struct {
@@ -248,9 +267,9 @@ func startMesh(t testing.TB, o meshOpts) *meshPair {
 	m := &meshPair{}
 	cfgIn, cfgOut := identityConfig(o.in), identityConfig(o.out)
 	cfgIn.DisableH2Bridge, cfgOut.DisableH2Bridge = o.noBridge, o.noBridge
-	m.in = startProxy(t, cfgIn, inboundSnapshot(o))
+	m.in = startProxy(t, cfgIn, applyTelemetry(inboundSnapshot(o), o))
 	m.inAddr = m.in.addr(t, "inbound")
-	m.out = startProxy(t, cfgOut, outboundSnapshot(o, m.inAddr))
+	m.out = startProxy(t, cfgOut, applyTelemetry(outboundSnapshot(o, m.inAddr), o))
 	m.outAddr = m.out.addr(t, "outbound")
 	return m
 }

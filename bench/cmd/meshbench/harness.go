@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"verge.dev/verge/bench/load"
+	"verge.dev/verge/internal/proxy/tracing/otlpsink"
 )
 
 // options is the harness's configuration, read once from flags.
@@ -29,6 +30,7 @@ type options struct {
 	proxyBinary      string
 	root             string
 	keep, skipScale  bool
+	skipTopology     bool
 	command          string
 	// rounds is how many interleaved rounds the open-loop load runs: a
 	// difference of p50s between processes drifts with the machine's state
@@ -78,6 +80,13 @@ type caseDef struct {
 	// vergeProxies are watched for RSS under load.
 	vergeProxies []*proc
 	setupErr     error
+	// logs are the access log files of the case's proxies: measure reads
+	// how much they grew and empties them afterwards.
+	logs []string
+	// sink receives the case's spans; verify, when set, checks after the
+	// probes that the case's Telemetry took effect.
+	sink   *otlpsink.Receiver
+	verify func(context.Context) error
 }
 
 func (c *caseDef) addr(p load.Protocol) string {
@@ -92,7 +101,10 @@ type cell struct {
 	res       *load.Result
 	cpuPerReq float64 // µs per request; NaN when unknown
 	maxRSS    []int64 // per vergeProxies entry
-	err       error
+	// logBytes is how much the case's access logs grew over the recorded
+	// window; -1 when the case has none.
+	logBytes int64
+	err      error
 }
 
 type cellKey struct {
@@ -224,7 +236,11 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 	}
 
 	// Verge.
-	if want("verge1") || want("verge2") || want("verge2-mtls") || want("verge2-policy") {
+	wantVerge := want("verge1") || want("verge2") || want("verge2-mtls") || want("verge2-policy")
+	for _, tc := range telemetryCases {
+		wantVerge = wantVerge || want(tc.key)
+	}
+	if wantVerge {
 		r.verge = setupVerge(ctx, o, dir, bHTTP, bGRPC, &procs, logger)
 		v := r.verge
 		c1 := &caseDef{key: "verge1", title: "Verge 1 hop", path: "client → Verge proxy (inbound) → backend", setupErr: v.err}
@@ -245,7 +261,7 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 		if v.err == nil {
 			c3.setupErr = v.mtlsErr
 		}
-		if env := v.mtls; c3.setupErr == nil {
+		if env := v.mtls; c3.setupErr == nil && env != nil {
 			c3.http, c3.grpc = env.outHTTP, env.outGRPC
 			c3.pids = []int{backend.pid(), env.server.pid(), env.client.pid(), env.cp.pid()}
 			c3.vergeProxies = []*proc{env.server, env.client}
@@ -256,12 +272,31 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 		if v.err == nil {
 			c4.setupErr = v.policyErr
 		}
-		if env := v.policy; c4.setupErr == nil {
+		if env := v.policy; c4.setupErr == nil && env != nil {
 			c4.http, c4.grpc = env.outHTTP, env.outGRPC
 			c4.pids = []int{backend.pid(), env.server.pid(), env.client.pid(), env.cp.pid()}
 			c4.vergeProxies = []*proc{env.server, env.client}
 		}
 		add(c4)
+		for _, tc := range telemetryCases {
+			c := &caseDef{key: tc.key, title: tc.title, path: tc.path, setupErr: v.err}
+			if te := v.telemetry[tc.key]; te != nil {
+				if te.sink != nil {
+					defer te.sink.Close()
+				}
+				if c.setupErr == nil {
+					c.setupErr = te.err
+				}
+				if env := te.env; c.setupErr == nil {
+					c.http, c.grpc = env.outHTTP, env.outGRPC
+					c.pids = []int{backend.pid(), env.server.pid(), env.client.pid(), env.cp.pid()}
+					c.vergeProxies = []*proc{env.server, env.client}
+					c.logs, c.sink = te.logs, te.sink
+					c.verify = func(ctx context.Context) error { return te.verify(ctx, tc) }
+				}
+			}
+			add(c)
+		}
 	}
 
 	// Every case must carry one request of each protocol before it is
@@ -290,6 +325,12 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 				c.setupErr = err
 				logger.Warn("case probe failed", "case", c.key, "protocol", p, "error", err)
 				break
+			}
+		}
+		if c.setupErr == nil && c.verify != nil {
+			if err := c.verify(ctx); err != nil {
+				c.setupErr = err
+				logger.Warn("case telemetry not in effect", "case", c.key, "error", err)
 			}
 		}
 	}
@@ -349,6 +390,16 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 		}
 	}
 
+	r.notes = append(r.notes, telemetryNotes(ctx, r)...)
+	if !o.skipTopology {
+		logger.Info("running the topology benchmark", "command", topologyCommand)
+		res := runTopologyBench(ctx, o.root)
+		r.topology = &res
+		if res.err != nil {
+			logger.Warn("topology benchmark failed", "error", res.err)
+		}
+	}
+
 	if v := r.verge; !o.skipScale && v != nil && v.err == nil {
 		logger.Info("measuring idle proxy memory", "services", scaleServices, "endpoints_per_service", scaleEndpoints)
 		res, err := measureScale(ctx, dir, v.proxyBin, v.env, &procs)
@@ -380,6 +431,8 @@ type vergeSetup struct {
 	// policy is the plaintext environment with the policy set.
 	policy    *vergeEnv
 	policyErr error
+	// telemetry holds the environments of the telemetryCases run, by key.
+	telemetry map[string]*telemetryEnv
 }
 
 func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs *[]*proc, logger *slog.Logger) *vergeSetup {
@@ -399,14 +452,27 @@ func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs 
 		v.proxyBin = v.bin.verge
 	}
 	logger.Info("starting verge control plane and proxies")
-	v.env, v.err = startVerge(ctx, dir, "plain", plainIPs, false, false, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+	v.env, v.err = startVerge(ctx, dir, "plain", plainIPs, false, nil, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
 	if v.err == nil && o.cases.MatchString("verge2-mtls") {
 		logger.Info("starting the zero-trust verge control plane and proxies")
-		v.mtls, v.mtlsErr = startVerge(ctx, dir, "mtls", mtlsIPs, true, false, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+		v.mtls, v.mtlsErr = startVerge(ctx, dir, "mtls", mtlsIPs, true, nil, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
 	}
 	if v.err == nil && o.cases.MatchString("verge2-policy") {
 		logger.Info("starting the verge control plane and proxies with the policy set")
-		v.policy, v.policyErr = startVerge(ctx, dir, "policy", policyIPs, false, true, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+		v.policy, v.policyErr = startVerge(ctx, dir, "policy", policyIPs, false, policySet(), v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+	}
+	// Issue 6's telemetry cases: one environment each, like the policy
+	// set's, so that every round measures them back to back under the
+	// same machine state while the others idle.
+	v.telemetry = map[string]*telemetryEnv{}
+	for _, tc := range telemetryCases {
+		if v.err != nil || !o.cases.MatchString(tc.key) {
+			continue
+		}
+		logger.Info("starting a verge control plane and proxies with telemetry", "case", tc.key)
+		v.telemetry[tc.key] = startTelemetryCase(tc, dir, func(name string, ips vergeIPs, resources []apiResource) (*vergeEnv, error) {
+			return startVerge(ctx, dir, name, ips, false, resources, v.bin, v.proxyBin, bHTTP, bGRPC, procs)
+		})
 	}
 	return v
 }
@@ -415,8 +481,9 @@ func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs 
 // processes over the recorded window to its requests, and sampling the RSS
 // of its Verge proxies.
 func measure(ctx context.Context, o options, c *caseDef, p load.Protocol, l loadDef) *cell {
-	m := &cell{cpuPerReq: math.NaN(), maxRSS: make([]int64, len(c.vergeProxies))}
+	m := &cell{cpuPerReq: math.NaN(), maxRSS: make([]int64, len(c.vergeProxies)), logBytes: -1}
 	var cpu0 time.Duration
+	var log0 int64
 	var cpuErr error
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -439,9 +506,18 @@ func measure(ctx context.Context, o options, c *caseDef, p load.Protocol, l load
 	res, err := load.Run(ctx, load.Config{
 		Protocol: p, Addr: c.addr(p), Connections: l.conns, Rate: l.rate,
 		Warmup: o.warmup, Duration: o.duration, MaxRequests: o.maxRequests,
-		OnMeasureStart: func() { cpu0, cpuErr = totalCPU(c.pids) },
+		OnMeasureStart: func() {
+			cpu0, cpuErr = totalCPU(c.pids)
+			log0 = logSizes(c.logs)
+		},
 	})
 	cpu1, cpuErr1 := totalCPU(c.pids)
+	if len(c.logs) > 0 {
+		m.logBytes = logSizes(c.logs) - log0
+		if terr := truncateLogs(c.logs); terr != nil && err == nil {
+			err = terr
+		}
+	}
 	stopSampling()
 	wg.Wait()
 	if err != nil {

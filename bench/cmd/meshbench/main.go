@@ -2,9 +2,10 @@
 // stock Go reverse proxies, HAProxy and Verge (control plane and proxies) as
 // separate processes on 127.0.0.0/8, puts the same load through each path,
 // and prints a Markdown report: throughput, latency percentiles, CPU per
-// request, proxy memory, binary sizes, and Verge's floors checked against the
-// stock baseline. It owns process orchestration and the report; the load
-// itself is bench/load's.
+// request, proxy memory, binary sizes, the cost of the proxies' telemetry
+// (metrics, access logs, tracing), the topology API's answer time, and
+// Verge's floors checked against the stock baseline. It owns process
+// orchestration and the report; the load itself is bench/load's.
 //
 // Run from the module root:
 //
@@ -41,13 +42,14 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unrecorded warm-up before each measurement")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "recorded time of each measurement")
 	flag.Int64Var(&o.maxRequests, "max-requests", 5_000_000, "cap on recorded requests per measurement")
-	flag.StringVar(&cases, "cases", "", "regexp: run only the cases whose key matches (direct, stock1, stock2, stock2-tuned, haproxy2, verge1, verge2, verge2-mtls, verge2-policy)")
+	flag.StringVar(&cases, "cases", "", "regexp: run only the cases whose key matches (direct, stock1, stock2, stock2-tuned, haproxy2, verge1, verge2, verge2-mtls, verge2-policy, verge2-telemetry-off, verge2-metrics-logs, verge2-trace1, verge2-trace100; e.g. 'verge2-(telemetry|metrics|trace)' for issue 6's telemetry cases)")
 	flag.StringVar(&protocols, "protocols", "http,grpc", "protocols to measure: http, grpc or both")
 	flag.StringVar(&o.proxyBinary, "proxy-binary", "verge-proxy", "binary that runs the Verge proxies: verge-proxy or verge (as `verge proxy`)")
 	flag.StringVar(&o.root, "root", "", "root of the Verge module (where go.mod is); default: the module of the current directory")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory with logs and data")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of the open-loop and 64-connection loads (the latency and Verge-to-Verge throughput floors take their medians)")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip the 100 services × 10 endpoints memory measurement")
+	flag.BoolVar(&o.skipTopology, "skip-topology", false, "skip the topology API benchmark ("+topologyCommand+") run after the loads")
 	flag.Parse()
 	o.command = "go run ./bench/cmd/meshbench"
 	for _, a := range os.Args[1:] {

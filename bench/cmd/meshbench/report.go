@@ -28,6 +28,8 @@ type report struct {
 	idleRSS  []namedRSS
 	scale    *scaleResult
 	scaleErr error
+	// topology is the topology API benchmark's result; nil when skipped.
+	topology *topologyResult
 	notes    []string
 }
 
@@ -96,8 +98,47 @@ func (r *report) cell(p load.Protocol, li int, key string) *cell {
 	return c
 }
 
+// Indexes in loads.
+const closed16, closed64, open1000 = 1, 2, 3
+
+// roundRatio is the ratio of two cases' req/s under one load: for each
+// round, num's ÷ den's (the rounds measure the cases back to back), and
+// their median.
+type roundRatio struct {
+	median float64
+	parts  []string // each round's ratio and req/s
+}
+
+func (q roundRatio) String() string {
+	return fmt.Sprintf("%.2f, median of %d rounds: %s", q.median, len(q.parts), strings.Join(q.parts, "; "))
+}
+
+func (r *report) roundRatio(p load.Protocol, li int, num, den string) (roundRatio, bool) {
+	nr, dr := r.rounds[cellKey{p, li, num}], r.rounds[cellKey{p, li, den}]
+	if len(nr) == 0 {
+		// Built by hand (tests): one round from the cells.
+		nr, dr = []*cell{r.cells[cellKey{p, li, num}]}, []*cell{r.cells[cellKey{p, li, den}]}
+	}
+	var ratios []float64
+	var q roundRatio
+	for i := range min(len(nr), len(dr)) {
+		n, d := nr[i], dr[i]
+		if n == nil || d == nil || n.err != nil || d.err != nil || n.res == nil || d.res == nil || d.res.RequestsPerSecond() == 0 {
+			continue
+		}
+		x := n.res.RequestsPerSecond() / d.res.RequestsPerSecond()
+		ratios = append(ratios, x)
+		q.parts = append(q.parts, fmt.Sprintf("%.2f (%.0f ÷ %.0f)", x, n.res.RequestsPerSecond(), d.res.RequestsPerSecond()))
+	}
+	if len(ratios) == 0 {
+		return q, false
+	}
+	slices.Sort(ratios)
+	q.median = ratios[len(ratios)/2]
+	return q, true
+}
+
 func (r *report) floors() []floor {
-	const closed16, open1000 = 1, 3 // indexes in loads
 	var fs []floor
 
 	f := floor{name: "Throughput", rule: "Verge 2 hops req/s ÷ stock 2 hops req/s, HTTP/1.1, 16 connections ≥ 1.5"}
@@ -146,32 +187,13 @@ func (r *report) floors() []floor {
 	}
 	fs = append(fs, f)
 
-	const closed64 = 2
 	// Throughput ratios between Verge cases: the median of the per-round
 	// ratios, each round measuring the cases back to back.
 	throughputRatio := func(name, rule, num, den string, floorAt float64) floor {
 		f := floor{name: name, rule: rule}
-		nr, dr := r.rounds[cellKey{load.HTTP1, closed64, num}], r.rounds[cellKey{load.HTTP1, closed64, den}]
-		if len(nr) == 0 {
-			nr, dr = []*cell{r.cells[cellKey{load.HTTP1, closed64, num}]}, []*cell{r.cells[cellKey{load.HTTP1, closed64, den}]}
-		}
-		var ratios []float64
-		var parts []string
-		for i := range min(len(nr), len(dr)) {
-			n, d := nr[i], dr[i]
-			if n == nil || d == nil || n.err != nil || d.err != nil || n.res == nil || d.res == nil || d.res.RequestsPerSecond() == 0 {
-				continue
-			}
-			q := n.res.RequestsPerSecond() / d.res.RequestsPerSecond()
-			ratios = append(ratios, q)
-			parts = append(parts, fmt.Sprintf("%.2f (%.0f ÷ %.0f)", q, n.res.RequestsPerSecond(), d.res.RequestsPerSecond()))
-		}
-		if len(ratios) > 0 {
-			sorted := slices.Clone(ratios)
-			slices.Sort(sorted)
-			med := sorted[len(sorted)/2]
-			f.known, f.pass = true, med >= floorAt
-			f.value = fmt.Sprintf("%.2f, median of %d rounds: %s", med, len(ratios), strings.Join(parts, "; "))
+		if q, ok := r.roundRatio(load.HTTP1, closed64, num, den); ok {
+			f.known, f.pass = true, q.median >= floorAt
+			f.value = q.String()
 		}
 		return f
 	}
@@ -181,6 +203,19 @@ func (r *report) floors() []floor {
 	fs = append(fs, throughputRatio("Policy set cost",
 		"Verge 2 hops with the policy set req/s ÷ Verge 2 hops bare req/s, HTTP/1.1, 64 connections, median over interleaved rounds ≥ 0.90",
 		"verge2-policy", "verge2", 0.90))
+	fs = append(fs, throughputRatio("Metrics and access logs cost",
+		"Verge 2 hops with metrics and access logs req/s ÷ Verge 2 hops with telemetry off req/s, HTTP/1.1, 64 connections, median over interleaved rounds ≥ 0.95",
+		"verge2-metrics-logs", "verge2-telemetry-off", 0.95))
+	fs = append(fs, throughputRatio("Tracing 100% cost",
+		"Verge 2 hops with metrics and tracing at 100% req/s ÷ Verge 2 hops with telemetry off req/s, HTTP/1.1, 64 connections, median over interleaved rounds ≥ 0.85",
+		"verge2-trace100", "verge2-telemetry-off", 0.85))
+
+	f = floor{name: "Topology API", rule: fmt.Sprintf("one topology answer for 500 services and 5,000 workloads (`%s`, ns/op) < %v", topologyCommand, topologyFloor)}
+	if t := r.topology; t != nil && t.err == nil {
+		f.known, f.pass = true, t.perOp < topologyFloor
+		f.value = fmt.Sprintf("%.2f ms", float64(t.perOp)/float64(time.Millisecond))
+	}
+	fs = append(fs, f)
 
 	f = floor{name: "Idle memory", rule: fmt.Sprintf("RSS of an idle proxy with %d services × %d endpoints < 15 MiB", scaleServices, scaleEndpoints)}
 	if r.scale != nil && r.scale.rss > 0 && r.scaleErr == nil {
@@ -290,6 +325,8 @@ func (r *report) markdown() string {
 		p("| verge-proxy | %s | %s |\n\n", fmtBytes(fileSize(b.vergeProxy)), fmtBytes(fileSize(b.vergeProxyFull)))
 	}
 
+	r.telemetryMarkdown(p)
+
 	p("## Floors\n\n| floor | rule | this run | result |\n|---|---|---|---|\n")
 	for _, f := range r.floors() {
 		result := "FAIL (no data)"
@@ -370,4 +407,63 @@ func oneLine(err error) string {
 		s = s[:120] + "…"
 	}
 	return s
+}
+
+// telemetryKeys are the cases of the telemetry cost table, in its order:
+// the baseline, Verge 2 hops as it ships (metrics on, no Telemetry), then
+// issue 6's cases.
+var telemetryKeys = []string{"verge2-telemetry-off", "verge2", "verge2-metrics-logs", "verge2-trace1", "verge2-trace100"}
+
+// telemetryMarkdown is the table of what the proxies' telemetry costs under
+// 64 connections, relative to the same path with telemetry off. It prints
+// nothing when the run had no telemetry case.
+func (r *report) telemetryMarkdown(p func(format string, args ...any)) {
+	var keys []string
+	telemetry := false
+	for _, k := range telemetryKeys {
+		if c := r.caseByKey(k); c.key != "" {
+			keys = append(keys, k)
+			telemetry = telemetry || k != "verge2"
+		}
+	}
+	if !telemetry {
+		return
+	}
+	const base = "verge2-telemetry-off"
+	p("## Telemetry cost\n\n")
+	p("Closed loop, 64 connections, each case's median round. \"÷ telemetry off\" is the median over rounds of the case's req/s ÷ that of %s in the same round. ", r.caseByKey(base).title)
+	p("Access log: bytes both proxies' logs grew by over the recorded window ÷ requests recorded.\n\n")
+	for _, proto := range r.protocols {
+		p("### %v\n\n| case | req/s | ÷ telemetry off | p50 | p99 | CPU µs/req | access log bytes/req |\n|---|---:|---:|---:|---:|---:|---:|\n", proto)
+		for _, k := range keys {
+			c := r.caseByKey(k)
+			title := c.title
+			if k == "verge2" {
+				title += " (metrics on, no Telemetry)"
+			}
+			m := r.cell(proto, closed64, k)
+			if m == nil {
+				p("| %s | not run | | | | | |\n", title)
+				continue
+			}
+			ratio := "—"
+			if k != base {
+				ratio = "no data"
+				if q, ok := r.roundRatio(proto, closed64, k, base); ok {
+					ratio = fmt.Sprintf("%.3f", q.median)
+				}
+			}
+			cpu := "?"
+			if !math.IsNaN(m.cpuPerReq) {
+				cpu = fmt.Sprintf("%.1f", m.cpuPerReq)
+			}
+			logs := "—"
+			if m.logBytes >= 0 && m.res.Requests > 0 {
+				logs = fmt.Sprintf("%.0f", float64(m.logBytes)/float64(m.res.Requests))
+			}
+			p("| %s | %.0f | %s | %s | %s | %s | %s |\n", title, m.res.RequestsPerSecond(), ratio,
+				fmtDur(m.res.Latency.Quantile(0.5)), fmtDur(m.res.Latency.Quantile(0.99)), cpu, logs)
+		}
+		p("\n")
+	}
 }

@@ -100,8 +100,10 @@ const (
 )
 
 // startVerge starts the control plane, applies the backend's Services and
-// starts the two proxies; it returns once both report ready.
-func startVerge(ctx context.Context, dir, name string, ips vergeIPs, secure, policy bool, bin binaries, proxyBin string, backendHTTP, backendGRPC string, procs *[]*proc) (*vergeEnv, error) {
+// then resources (the policy set, a Telemetry: before any proxy starts, so
+// the proxies' first configuration carries them) and starts the two
+// proxies; it returns once both report ready.
+func startVerge(ctx context.Context, dir, name string, ips vergeIPs, secure bool, resources []apiResource, bin binaries, proxyBin string, backendHTTP, backendGRPC string, procs *[]*proc) (*vergeEnv, error) {
 	env := &vergeEnv{secure: secure}
 	dataDir := filepath.Join(dir, name+"-cp-data")
 	args := []string{bin.verge, "control-plane",
@@ -155,12 +157,10 @@ func startVerge(ctx context.Context, dir, name string, ips vergeIPs, secure, pol
 			return nil, err
 		}
 	}
-	if policy {
-		for _, r := range policySet() {
-			meta := r.obj["metadata"].(map[string]any)
-			if err := putResource(ctx, http.DefaultClient, env, "default", r.plural, meta["name"].(string), r.obj); err != nil {
-				return nil, err
-			}
+	for _, r := range resources {
+		meta := r.obj["metadata"].(map[string]any)
+		if err := putResource(ctx, http.DefaultClient, env, meta["namespace"].(string), r.plural, meta["name"].(string), r.obj); err != nil {
+			return nil, err
 		}
 	}
 	if secure {
@@ -453,8 +453,9 @@ func fileSize(path string) int64 {
 	return fi.Size()
 }
 
-// policyResource is one object of the policy set and its API plural.
-type policyResource struct {
+// apiResource is one object the harness applies and its API plural; the
+// object's metadata names its namespace.
+type apiResource struct {
 	plural string
 	obj    map[string]any
 }
@@ -465,7 +466,7 @@ type policyResource struct {
 // and outlier detection, with limits high enough that none of them refuses
 // a request of the benchmark: what is measured is their cost, not their
 // effect. The gRPC service gets the same DestinationPolicy sections.
-func policySet() []policyResource {
+func policySet() []apiResource {
 	rules := make([]map[string]any, 0, 20)
 	for i := 1; i < 20; i++ {
 		rules = append(rules, map[string]any{
@@ -487,9 +488,9 @@ func policySet() []policyResource {
 			"rules":      rules,
 		},
 	}
-	out := []policyResource{{"httproutes", route}}
+	out := []apiResource{{"httproutes", route}}
 	for _, svc := range []string{"backend", "backend-grpc"} {
-		out = append(out, policyResource{"destinationpolicies", map[string]any{
+		out = append(out, apiResource{"destinationpolicies", map[string]any{
 			"apiVersion": "verge.dev/v1alpha1", "kind": "DestinationPolicy",
 			"metadata": map[string]any{"name": svc + "-policy", "namespace": "default"},
 			"spec": map[string]any{

@@ -4,6 +4,10 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
@@ -11,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -81,5 +86,60 @@ func TestCountingReceiver(t *testing.T) {
 	r.Reset()
 	if got := r.Received(); got != 0 {
 		t.Errorf("Received() after Reset = %d, want 0", got)
+	}
+}
+
+// TestCountingReceiverSDK: spans exported by the OpenTelemetry SDK's
+// OTLP/gRPC exporter, as the proxy exports them, are all counted.
+func TestCountingReceiverSDK(t *testing.T) {
+	r, err := StartCounting()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	exp, err := otlptracegrpc.New(t.Context(), otlptracegrpc.WithEndpoint(r.Addr()), otlptracegrpc.WithInsecure())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp))
+	tr := tp.Tracer("otlpsink-test")
+	for range 25 {
+		_, sp := tr.Start(t.Context(), "op", trace.WithAttributes(attribute.String("http.request.method", "GET")))
+		sp.End()
+	}
+	if err := tp.Shutdown(t.Context()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if got := r.Received(); got != 25 {
+		t.Errorf("Received() = %d, want 25", got)
+	}
+}
+
+func TestCountSpans(t *testing.T) {
+	spans := func(n int) []*tracepb.Span {
+		out := make([]*tracepb.Span, n)
+		for i := range out {
+			out[i] = &tracepb.Span{Name: "s", TraceId: make([]byte, 16), SpanId: []byte{1, 2, 3, 4, 5, 6, 7, byte(i)},
+				Attributes: []*commonpb.KeyValue{{Key: "k", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: 7}}}}}
+		}
+		return out
+	}
+	req := &coltracepb.ExportTraceServiceRequest{ResourceSpans: []*tracepb.ResourceSpans{
+		{Resource: &resourcepb.Resource{}, ScopeSpans: []*tracepb.ScopeSpans{{Spans: spans(1)}, {Spans: spans(3), SchemaUrl: "x"}}},
+		{ScopeSpans: []*tracepb.ScopeSpans{{Scope: &commonpb.InstrumentationScope{Name: "n"}, Spans: spans(4)}}, SchemaUrl: "y"},
+		{},
+	}}
+	b, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := countSpans(b); n != 8 || err != nil {
+		t.Errorf("countSpans = %d, %v; want 8, nil", n, err)
+	}
+	if n, err := countSpans(nil); n != 0 || err != nil {
+		t.Errorf("countSpans(empty) = %d, %v; want 0, nil", n, err)
+	}
+	if _, err := countSpans(b[:len(b)-3]); err == nil {
+		t.Error("countSpans(truncated): no error")
 	}
 }
