@@ -49,10 +49,14 @@ func (b bridgeConn) serveObserved(s *h2.Stream, lcfg *config.Listener, st *state
 	start := time.Now()
 	var span *tracing.Span
 	if lt.tracer != nil {
-		span = lt.tracer.StartSpan(streamSpanHeaders{s}, tracing.Start{
+		st := tracing.Start{
 			Kind: tracing.Server, Time: start, Method: s.Method, Scheme: "https",
-			Authority: s.Authority, Path: s.Path, Peer: b.src.String(), UserAgent: s.Get("user-agent"),
-		})
+			Authority: s.Authority, Path: s.Path,
+		}
+		if lt.tracer.Recommended() {
+			st.Peer, st.UserAgent = b.src.String(), s.Get("user-agent")
+		}
+		span = lt.tracer.StartSpan(streamSpanHeaders{s}, st)
 	}
 	var info routeInfo
 	status := b.serveStream(s, lcfg, st, &info)
@@ -98,6 +102,10 @@ func (b bridgeConn) serveObserved(s *h2.Stream, lcfg *config.Listener, st *state
 type streamSpanHeaders struct{ s *h2.Stream }
 
 func (h streamSpanHeaders) Get(name string) string { return h.s.Get(name) }
+
+// Keys makes streamSpanHeaders a propagation.TextMapCarrier (the tracer
+// then needs no wrapper); the propagators never call it.
+func (h streamSpanHeaders) Keys() []string { return nil }
 
 func (h streamSpanHeaders) Set(name, value string) {
 	for i := range h.s.Header {

@@ -52,11 +52,14 @@ func (r h1Router) observeH1(req *h1.Request, d h1.Decision, lt *listenerTelemetr
 		if lt.inbound {
 			kind = tracing.Server
 		}
-		x.span = lt.tracer.StartSpan(h1SpanHeaders{x}, tracing.Start{
+		st := tracing.Start{
 			Kind: kind, Time: start, Method: req.Method, Scheme: "http",
-			Authority: req.Host, Path: req.Target, Peer: r.src.String(),
-			UserAgent: req.Header("user-agent"), Route: info.route,
-		})
+			Authority: req.Host, Path: req.Target, Route: info.route,
+		}
+		if lt.tracer.Recommended() {
+			st.Peer, st.UserAgent = r.src.String(), req.Header("user-agent")
+		}
+		x.span = lt.tracer.StartSpan(h1SpanHeaders{x}, st)
 		if !x.local && (len(x.edits.Set) > 0 || len(x.edits.Remove) > 0) {
 			d.Traffic = withRequestEdits(d.Traffic, &x.edits)
 		}
@@ -94,6 +97,10 @@ func (h h1SpanHeaders) Set(name, value string) {
 	h.x.edits.Set = append(h.x.edits.Set, h1.Field{Name: name, Value: value})
 }
 func (h h1SpanHeaders) Del(name string) { h.x.edits.Remove = append(h.x.edits.Remove, name) }
+
+// Keys makes h1SpanHeaders a propagation.TextMapCarrier (the tracer then
+// needs no wrapper); the propagators never call it.
+func (h h1SpanHeaders) Keys() []string { return nil }
 
 func (x *h1Obs) done(status int, err error) {
 	if x.inner != nil {

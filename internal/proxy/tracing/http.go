@@ -24,6 +24,10 @@ func (h HTTPHeaders) Set(name, value string) { h[canonical(name)] = []string{val
 // Del removes name.
 func (h HTTPHeaders) Del(name string) { delete(h, canonical(name)) }
 
+// Keys makes HTTPHeaders a propagation.TextMapCarrier, which StartSpan
+// then uses without wrapping it; the propagators it uses never call Keys.
+func (h HTTPHeaders) Keys() []string { return nil }
+
 func canonical(name string) string {
 	switch name {
 	case "traceparent":

@@ -56,7 +56,12 @@ func newSink(t testing.TB) *otlpsink.Receiver {
 
 func newTracer(t testing.TB, sink *otlpsink.Receiver, service string, percent float64) *tracing.Tracer {
 	t.Helper()
-	tr, err := tracing.New(tracing.Options{ServiceName: service, Collector: sink.Addr(), SamplePercent: percent})
+	return newTracerWith(t, tracing.Options{ServiceName: service, Collector: sink.Addr(), SamplePercent: percent})
+}
+
+func newTracerWith(t testing.TB, o tracing.Options) *tracing.Tracer {
+	t.Helper()
+	tr, err := tracing.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +99,8 @@ func httpStart(k tracing.Kind) tracing.Start {
 
 func TestServerSpanContinuesTraceparent(t *testing.T) {
 	sink := newSink(t)
-	tr := newTracer(t, sink, "reviews", 0) // sampled only because the parent is
+	// Sampled only because the parent is.
+	tr := newTracerWith(t, tracing.Options{ServiceName: "reviews", Collector: sink.Addr(), RecommendedAttributes: true})
 	h := hdr{"traceparent": "00-" + inTrace + "-" + inSpan + "-01", "tracestate": "vendor=opaque"}
 	sp := tr.StartSpan(h, httpStart(tracing.Server))
 	if !sp.Sampled() || sp.TraceID() != inTrace {
@@ -304,7 +310,7 @@ func TestInvalidTraceparentStartsRoot(t *testing.T) {
 func TestClientSpanChildOfServerSpan(t *testing.T) {
 	sink := newSink(t)
 	inbound := newTracer(t, sink, "productpage", 100)
-	outbound := newTracer(t, sink, "productpage", 100)
+	outbound := newTracerWith(t, tracing.Options{ServiceName: "productpage", Collector: sink.Addr(), SamplePercent: 100, RecommendedAttributes: true})
 
 	h := hdr{"traceparent": "00-" + inTrace + "-" + inSpan + "-01"}
 	srv := inbound.StartSpan(h, httpStart(tracing.Server))
@@ -377,8 +383,8 @@ func TestStatusAndAttributes(t *testing.T) {
 			attrs: map[string]any{"http.request.method": "_OTHER", "http.request.method_original": "BREW"}},
 		{name: "grpc server ok", start: grpcStart(tracing.Server), end: tracing.End{Status: 200, GRPCStatus: 0}, wantName: "verge.test.Echo/Say",
 			attrs: map[string]any{"rpc.system": "grpc", "rpc.service": "verge.test.Echo", "rpc.method": "Say", "rpc.grpc.status_code": int64(0),
-				"server.address": "echo", "server.port": int64(50051), "network.peer.address": "127.0.0.5"},
-			absent: []string{"http.request.method", "url.path"}},
+				"server.address": "echo", "server.port": int64(50051)},
+			absent: []string{"http.request.method", "url.path", "network.peer.address"}},
 		{name: "grpc server NOT_FOUND is not an error", start: grpcStart(tracing.Server), end: tracing.End{Status: 200, GRPCStatus: 5}, wantName: "verge.test.Echo/Say"},
 		{name: "grpc client NOT_FOUND is an error", start: grpcStart(tracing.Client), end: tracing.End{Status: 200, GRPCStatus: 5}, wantName: "verge.test.Echo/Say", wantError: true,
 			attrs: map[string]any{"error.type": "NOT_FOUND"}},
@@ -411,6 +417,34 @@ func TestStatusAndAttributes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRecommendedAttributesOptIn: without RecommendedAttributes a span
+// carries no user_agent.original or network.peer.*, on either side.
+func TestRecommendedAttributesOptIn(t *testing.T) {
+	sink := newSink(t)
+	tr := newTracer(t, sink, "lean", 100)
+	if tr.Recommended() {
+		t.Fatal("Recommended() = true by default")
+	}
+	for _, k := range []tracing.Kind{tracing.Server, tracing.Client} {
+		tr.StartSpan(hdr{}, httpStart(k)).Finish(tracing.End{Status: 200, GRPCStatus: -1, Upstream: "127.0.0.20:9080"})
+	}
+	flush(t, tr)
+	got, err := sink.WaitSpans(2, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range got {
+		for _, k := range []string{"user_agent.original", "network.peer.address", "network.peer.port"} {
+			if v, ok := s.Attrs[k]; ok {
+				t.Errorf("%v span: %s = %v, want absent by default", s.Kind, k, v)
+			}
+		}
+		if s.Attrs["url.path"] != "/reviews/1" || s.Attrs["http.response.status_code"] != int64(200) {
+			t.Errorf("%v span lacks required attributes: %v", s.Kind, s.Attrs)
+		}
 	}
 }
 
