@@ -230,7 +230,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(Addrs)
 		connected: func() bool { return xc.Status().Connected }}
 	adminAddr := adminLis.Addr().String()
 	rep := &reporter{obs: p.Observer(), server: regCfg.Server, http: regHTTP, log: log,
-		interval: cfg.ReportInterval,
+		interval: cfg.ReportInterval, idle: func() { settled.Reset(trimSettle) },
 		fill: func(r *telemetry.Report) {
 			r.AdminAddress = adminAddr
 			if svc := p.LocalService(); svc != "" {

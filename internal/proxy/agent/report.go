@@ -19,6 +19,11 @@ import (
 // the control plane when no tap is active.
 const DefaultReportInterval = 5 * time.Second
 
+// idleReportInterval is how often a proxy that carried no traffic reports
+// anyway (its CPU and memory, and a sign of life for the control plane's
+// proxy list, which forgets a proxy after a minute).
+const idleReportInterval = 30 * time.Second
+
 // reporter pushes the observer's deltas to the control plane
 // (telemetry.ReportPath) and applies the taps the answer lists. A report
 // the control plane did not accept stays in the observer and goes with the
@@ -31,6 +36,13 @@ type reporter struct {
 	interval time.Duration
 	// fill completes a report with what the agent knows of itself.
 	fill func(*telemetry.Report)
+	// idle, if set, is called after an idle report was sent: the agent
+	// then returns the pages the report touched (JSON, the HTTP client),
+	// which an idle proxy would otherwise keep resident only for this
+	// (measured: 5.4 MiB of an idle proxy with 100 services).
+	idle func()
+	// lastSent is when a report was last accepted.
+	lastSent time.Time
 }
 
 func (r *reporter) run(ctx context.Context) error {
@@ -38,6 +50,10 @@ func (r *reporter) run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	// A proxy that carries no traffic first reports after
+	// idleReportInterval: its registration already told the control
+	// plane it exists.
+	r.lastSent = time.Now()
 	wait := r.interval
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -79,6 +95,10 @@ func (r *reporter) run(ctx context.Context) error {
 // for (0: the default).
 func (r *reporter) send(ctx context.Context) (time.Duration, error) {
 	rep := r.obs.Report()
+	empty := len(rep.Edges) == 0 && len(rep.Taps) == 0 && len(rep.Errors) == 0
+	if empty && ctx.Err() == nil && time.Since(r.lastSent) < idleReportInterval {
+		return 0, nil
+	}
 	if r.fill != nil {
 		r.fill(rep)
 	}
@@ -102,10 +122,14 @@ func (r *reporter) send(ctx context.Context) (time.Duration, error) {
 		return 0, fmt.Errorf("POST %s: %s: %s", u, resp.Status, bytes.TrimSpace(data))
 	}
 	r.obs.Commit(rep)
+	r.lastSent = time.Now()
 	var ans telemetry.ReportResponse
 	if err := json.Unmarshal(data, &ans); err != nil {
 		return 0, fmt.Errorf("POST %s: answer: %w", u, err)
 	}
 	r.obs.SetTaps(ans.Taps)
+	if empty && len(ans.Taps) == 0 && r.idle != nil {
+		r.idle()
+	}
 	return ans.Interval, nil
 }
