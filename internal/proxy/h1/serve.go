@@ -87,6 +87,7 @@ func Serve(ctx context.Context, c net.Conn, br *bufio.Reader, r Router, p *Pool,
 	cs.c, cs.br, cs.router, cs.pool, cs.opts = c, br, r, p, opts
 	cs.bw = getWriter(c)
 
+	cs.ctxDone = ctx.Done()
 	stop := context.AfterFunc(ctx, cs.drain)
 	err := cs.serve()
 	// If drain already started it may still hold cs: leave cs to the GC
@@ -154,6 +155,8 @@ type conn struct {
 	// bytesIn and bytesOut count the current exchange's body bytes from
 	// and to the client (Decision.Stats).
 	bytesIn, bytesOut int64
+	// ctxDone is Serve's ctx.Done(), for stopping.
+	ctxDone <-chan struct{}
 	// retries and finalAddr are the last Traffic exchange's (traffic.go).
 	retries   int
 	finalAddr string
@@ -177,7 +180,7 @@ var connPool = sync.Pool{New: func() any {
 
 func (cs *conn) reset() {
 	cs.c, cs.br, cs.bw, cs.router, cs.pool = nil, nil, nil, nil, nil
-	cs.opts = Options{}
+	cs.opts, cs.ctxDone = Options{}, nil
 	cs.req = Request{Header: cs.req.Header, VisitHeaders: cs.req.VisitHeaders}
 	cs.rh = reqHead{fields: cs.rh.fields[:0]}
 	cs.resp = respHead{fields: cs.resp.fields[:0]}
@@ -199,6 +202,22 @@ var aLongTimeAgo = time.Unix(1, 0)
 // drain runs when Serve's ctx ends. Setting the deadline happens under mu
 // (it does not block) so that it cannot land after waitRequest has left
 // the idle state and started a request.
+// stopping reports whether the connection must close after the current
+// exchange: Serve's ctx ended. drain sets draining in its own goroutine, a
+// moment after ctx ends; reading ctx here as well makes the answer exact
+// from the moment the caller cancelled.
+func (cs *conn) stopping() bool {
+	if cs.draining.Load() {
+		return true
+	}
+	select {
+	case <-cs.ctxDone:
+		return true
+	default:
+		return false
+	}
+}
+
 func (cs *conn) drain() {
 	cs.mu.Lock()
 	cs.draining.Store(true)
@@ -303,7 +322,7 @@ func (cs *conn) handle() (keep bool, err error) {
 			status = http.StatusNotFound
 		}
 		// An unread body would be taken for the next request: close.
-		keep = !rh.close && !rh.hasBody() && !cs.draining.Load()
+		keep = !rh.close && !rh.hasBody() && !cs.stopping()
 		err = cs.writeLocal(status, LocalBody(status), !keep, isHead(rh.method), d.Header)
 		if d.Stats != nil {
 			*d.Stats = Stats{BytesOut: int64(len(LocalBody(status)))}
@@ -486,7 +505,7 @@ func (cs *conn) pooled(addr string, deadline time.Time, t *trafficState) (status
 // fail answers locally for an exchange that got no response head, and
 // returns the status sent (0 if the reply could not be written).
 func (cs *conn) fail(status int, bodyDone bool, err error) (int, bool, error) {
-	keep := bodyDone && !cs.rh.close && !cs.draining.Load()
+	keep := bodyDone && !cs.rh.close && !cs.stopping()
 	if werr := cs.writeLocal(status, LocalBody(status), !keep, isHead(cs.rh.method), nil); werr != nil {
 		return 0, false, err
 	}
@@ -536,7 +555,7 @@ func (cs *conn) relay(addr string, uc *upConn, edits *HeaderEdits) (int, bool, e
 	noBody := isHead(rh.method) || status == http.StatusNoContent || status == http.StatusNotModified
 	untilClose := !noBody && !resp.chunked && resp.contentLength < 0
 	dechunk := resp.chunked && rh.minor == 0
-	closeDown := rh.close || untilClose || dechunk || cs.draining.Load()
+	closeDown := rh.close || untilClose || dechunk || cs.stopping()
 
 	cs.writeStatusLine()
 	cs.writeResponseFields(edits)

@@ -232,7 +232,7 @@ func (x *Exchange) WriteHead(status int, length int64, fields func(yield func(na
 	x.noBody = isHead(rh.method) || status == http.StatusNoContent || status == http.StatusNotModified
 	raw := !x.noBody && length < 0 && rh.minor == 0 // HTTP/1.0: body until close
 	x.chunkOut = !x.noBody && length < 0 && !raw
-	x.close = rh.close || raw || cs.draining.Load()
+	x.close = rh.close || raw || cs.stopping()
 
 	bw := cs.bw
 	_, _ = bw.WriteString("HTTP/1.1 ")
