@@ -373,7 +373,10 @@ func spanKind(k trace.SpanKind) int {
 
 func unixNano(t time.Time) uint64 { return uint64(max(0, t.UnixNano())) }
 
-func clampUint32(v int) uint64 { return uint64(min(max(v, 0), math.MaxUint32)) }
+func clampUint32(v int) uint64 {
+	// In int64 so that it also compiles where int is 32 bits (GOARM=7).
+	return uint64(min(max(int64(v), 0), math.MaxUint32))
+}
 
 // appendKeyValue writes a common.v1.KeyValue as field num.
 func appendKeyValue(b []byte, num protowire.Number, kv attribute.KeyValue) []byte {
