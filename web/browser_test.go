@@ -1,24 +1,16 @@
 package web
 
 import (
-	"context"
 	"fmt"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/cdp"
-	"github.com/chromedp/cdproto/log"
-	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
-)
 
-// chromiumPath is Debian's chromium, which scripts/test.sh installs.
-const chromiumPath = "/usr/bin/chromium"
+	"verge.dev/verge/internal/browsertest"
+)
 
 // browserTimeout bounds each browser test; every wait inside it is a poll
 // for a condition, never a sleep.
@@ -44,7 +36,7 @@ func TestBrowser(t *testing.T) {
 			src, tel := tc.mesh(time.Now())
 			srv := httptest.NewServer(Handler(src, tel))
 			t.Cleanup(srv.Close)
-			ctx, consoleErrors := newBrowser(t)
+			ctx, consoleErrors := browsertest.New(t, browserTimeout)
 
 			must(t, "load topology", chromedp.Do(ctx, chromedp.Navigate(srv.URL+"/")))
 			n, err := chromedp.Run(ctx, chromedp.Poll[int](fmt.Sprintf(
@@ -61,7 +53,7 @@ func TestBrowser(t *testing.T) {
 				`document.getElementById('live').dataset.state === 'live'`, chromedp.WithPollingTimeout(time.Minute))))
 			shot, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 			must(t, "screenshot", err)
-			saveArtifact(t, tc.shot, shot)
+			browsertest.SaveArtifact(t, "", tc.shot, shot)
 
 			// Click a node: the service page opens and its charts draw.
 			sel := fmt.Sprintf(`#graph g.node[data-id=%q]`, tc.click)
@@ -98,7 +90,7 @@ func TestBrowser(t *testing.T) {
 			if tc.name == "shop" {
 				shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 				must(t, "service screenshot", err)
-				saveArtifact(t, "service.png", shot)
+				browsertest.SaveArtifact(t, "", "service.png", shot)
 			}
 
 			if tc.otherTabs {
@@ -113,7 +105,7 @@ func TestBrowser(t *testing.T) {
 					}
 					shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 					must(t, "screenshot "+page.hash, err)
-					saveArtifact(t, page.shot, shot)
+					browsertest.SaveArtifact(t, "", page.shot, shot)
 				}
 			}
 			if errs := consoleErrors(); len(errs) > 0 {
@@ -121,94 +113,6 @@ func TestBrowser(t *testing.T) {
 			}
 		})
 	}
-}
-
-// newBrowser starts headless Chromium with a fresh profile and returns its
-// tab's context and a func listing the error-level console messages,
-// uncaught exceptions and log entries seen so far.
-func newBrowser(t *testing.T) (context.Context, func() []string) {
-	t.Helper()
-	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Fatalf("headless Chromium is needed at %s (%v): scripts/test.sh installs it with apt-get install -y chromium", chromiumPath, err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), browserTimeout)
-	t.Cleanup(cancel)
-	actx, acancel := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1440, 900),
-	)
-	t.Cleanup(acancel)
-	bctx, bcancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	t.Cleanup(bcancel)
-
-	var mu sync.Mutex
-	var errs []string
-	record := func(s string) {
-		mu.Lock()
-		errs = append(errs, s)
-		mu.Unlock()
-	}
-	if err := chromedp.Listen(bctx, func(ev any) {
-		switch ev := ev.(type) {
-		case *runtime.EventConsoleAPICalled:
-			if ev.Type == runtime.ConsoleAPICalledTypeError || ev.Type == runtime.ConsoleAPICalledTypeAssert {
-				var parts []string
-				for _, a := range ev.Args {
-					parts = append(parts, a.Description+string(a.Value))
-				}
-				record("console." + string(ev.Type) + ": " + strings.Join(parts, " "))
-			}
-		case *runtime.EventExceptionThrown:
-			d := ev.ExceptionDetails
-			msg := d.Text
-			if d.Exception != nil {
-				msg += " " + d.Exception.Description
-			}
-			record(fmt.Sprintf("exception at %s:%d: %s", d.URL, d.LineNumber, msg))
-		case *log.EventEntryAdded:
-			if ev.Entry.Level == log.EntryLevelError {
-				record("log: " + ev.Entry.Text + " " + ev.Entry.URL)
-			}
-		}
-	}); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	if _, err := chromedp.Call(bctx, log.Enable, cdp.Empty{}); err != nil {
-		t.Fatalf("enable log domain: %v", err)
-	}
-	return bctx, func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), errs...)
-	}
-}
-
-// saveArtifact writes a test artifact to $VERGE_ARTIFACTS_DIR, or to a
-// temporary directory, and logs where.
-func saveArtifact(t *testing.T, name string, data []byte) {
-	t.Helper()
-	dir := os.Getenv("VERGE_ARTIFACTS_DIR")
-	if dir == "" {
-		dir = t.TempDir()
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatalf("artifacts dir: %v", err)
-	}
-	p := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+name)
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatalf("save %s: %v", name, err)
-	}
-	t.Logf("artifact: %s (%d bytes)", p, len(data))
 }
 
 func must(t *testing.T, what string, err error) {
