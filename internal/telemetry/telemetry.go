@@ -277,3 +277,36 @@ type ProxyProcess struct {
 
 // ProxiesPath: GET → []ProxyProcess, the proxies that reported recently.
 const ProxiesPath = "/api/v1/telemetry/proxies"
+
+// AccessLogField is one key of the access log's json_format (the Telemetry
+// resource's access log, docs/xds-telemetry.md) and the Envoy command
+// operator the control plane sends for it on HTTP and on TCP listeners
+// ("" means the key is not written there; "direction" is literal text,
+// the listener's direction). The control plane writes exactly these and
+// the proxy accepts exactly these, so both sides read this one list.
+type AccessLogField struct{ Key, HTTP, TCP string }
+
+// AccessLogFields in the order the docs list them.
+var AccessLogFields = []AccessLogField{
+	{"start_time", "%START_TIME%", "%START_TIME%"},
+	{"duration_ms", "%DURATION%", "%DURATION%"},
+	{"direction", "", ""},
+	{"protocol", "%PROTOCOL%", "tcp"},
+	{"method", "%REQ(:METHOD)%", ""},
+	{"authority", "%REQ(:AUTHORITY)%", ""},
+	{"path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", ""},
+	{"status", "%RESPONSE_CODE%", ""},
+	{"grpc_status", "%GRPC_STATUS_NUMBER%", ""},
+	{"bytes_received", "%BYTES_RECEIVED%", "%BYTES_RECEIVED%"},
+	{"bytes_sent", "%BYTES_SENT%", "%BYTES_SENT%"},
+	{"source", "%DOWNSTREAM_REMOTE_ADDRESS%", "%DOWNSTREAM_REMOTE_ADDRESS%"},
+	{"source_identity", "%DOWNSTREAM_PEER_URI_SAN%", "%DOWNSTREAM_PEER_URI_SAN%"},
+	{"destination", "%UPSTREAM_CLUSTER%", "%UPSTREAM_CLUSTER%"},
+	{"upstream_host", "%UPSTREAM_HOST%", "%UPSTREAM_HOST%"},
+	{"route", "%ROUTE_NAME%", ""},
+	{"retries", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%", ""},
+	{"response_flags", "%RESPONSE_FLAGS%", "%RESPONSE_FLAGS%"},
+	{"trace_id", "%TRACE_ID%", ""},
+	{"request_id", "%REQ(X-REQUEST-ID)%", ""},
+	{"user_agent", "%REQ(USER-AGENT)%", ""},
+}

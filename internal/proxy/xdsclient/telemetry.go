@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/telemetry"
 )
 
 // Telemetry fields (docs/xds-telemetry.md is the contract; the control
@@ -21,7 +22,7 @@ import (
 //
 //   - access_log of the HTTP connection manager and of tcp_proxy: at most
 //     one envoy.access_loggers.file whose log_format is exactly the
-//     json_format the proxy writes (logFields); the proxy writes its own
+//     json_format the proxy writes (telemetry.AccessLogFields); the proxy writes its own
 //     line for those keys, so any other format is refused rather than
 //     silently not honoured.
 //   - tracing of the HTTP connection manager: random_sampling (unset is
@@ -35,36 +36,6 @@ const (
 	telemetryMetadataKey = "verge.telemetry"
 	fileAccessLogName    = "envoy.access_loggers.file"
 )
-
-// logField is a json_format key and the value the proxy accepts for it on
-// HTTP and TCP listeners ("" means the key must be absent there). It must
-// match internal/xds/translate's accessLogFields; TestTelemetryRoundTrip
-// checks that it does.
-type logField struct{ key, http, tcp string }
-
-var logFields = []logField{
-	{"start_time", "%START_TIME%", "%START_TIME%"},
-	{"duration_ms", "%DURATION%", "%DURATION%"},
-	{"direction", "", ""}, // "inbound" or "outbound" on both
-	{"protocol", "%PROTOCOL%", "tcp"},
-	{"method", "%REQ(:METHOD)%", ""},
-	{"authority", "%REQ(:AUTHORITY)%", ""},
-	{"path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", ""},
-	{"status", "%RESPONSE_CODE%", ""},
-	{"grpc_status", "%GRPC_STATUS_NUMBER%", ""},
-	{"bytes_received", "%BYTES_RECEIVED%", "%BYTES_RECEIVED%"},
-	{"bytes_sent", "%BYTES_SENT%", "%BYTES_SENT%"},
-	{"source", "%DOWNSTREAM_REMOTE_ADDRESS%", "%DOWNSTREAM_REMOTE_ADDRESS%"},
-	{"source_identity", "%DOWNSTREAM_PEER_URI_SAN%", "%DOWNSTREAM_PEER_URI_SAN%"},
-	{"destination", "%UPSTREAM_CLUSTER%", "%UPSTREAM_CLUSTER%"},
-	{"upstream_host", "%UPSTREAM_HOST%", "%UPSTREAM_HOST%"},
-	{"route", "%ROUTE_NAME%", ""},
-	{"retries", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%", ""},
-	{"response_flags", "%RESPONSE_FLAGS%", "%RESPONSE_FLAGS%"},
-	{"trace_id", "%TRACE_ID%", ""},
-	{"request_id", "%REQ(X-REQUEST-ID)%", ""},
-	{"user_agent", "%REQ(USER-AGENT)%", ""},
-}
 
 // listenerTelemetry returns out.Telemetry, creating it.
 func listenerTelemetry(out *config.Listener) *config.ListenerTelemetry {
@@ -171,34 +142,34 @@ func convertAccessLogs(logs []*accesslogv3.AccessLog, http bool, out *config.Lis
 	return nil
 }
 
-// checkLogFormat requires exactly the keys and values of logFields for
+// checkLogFormat requires exactly the keys and values of telemetry.AccessLogFields for
 // the listener kind.
 func checkLogFormat(fields map[string]*structpb.Value, http bool, path string) error {
 	var errs []error
 	known := map[string]bool{}
-	for _, f := range logFields {
-		want := f.tcp
+	for _, f := range telemetry.AccessLogFields {
+		want := f.TCP
 		if http {
-			want = f.http
+			want = f.HTTP
 		}
-		if f.key != "direction" && want == "" {
+		if f.Key != "direction" && want == "" {
 			continue
 		}
-		known[f.key] = true
-		v, ok := fields[f.key]
+		known[f.Key] = true
+		v, ok := fields[f.Key]
 		if !ok {
-			errs = append(errs, fmt.Errorf("%s[%q]: required", path, f.key))
+			errs = append(errs, fmt.Errorf("%s[%q]: required", path, f.Key))
 			continue
 		}
 		got := v.GetStringValue()
-		if f.key == "direction" {
+		if f.Key == "direction" {
 			if got != "inbound" && got != "outbound" {
-				errs = append(errs, fmt.Errorf("%s[%q]: want \"inbound\" or \"outbound\", got %q", path, f.key, got))
+				errs = append(errs, fmt.Errorf("%s[%q]: want \"inbound\" or \"outbound\", got %q", path, f.Key, got))
 			}
 			continue
 		}
 		if _, isString := v.GetKind().(*structpb.Value_StringValue); !isString || got != want {
-			errs = append(errs, fmt.Errorf("%s[%q]: want %q", path, f.key, want))
+			errs = append(errs, fmt.Errorf("%s[%q]: want %q", path, f.Key, want))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(fields)) {

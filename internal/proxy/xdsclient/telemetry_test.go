@@ -22,6 +22,7 @@ import (
 
 	"verge.dev/verge/api/v1alpha1"
 	"verge.dev/verge/internal/proxy/config"
+	"verge.dev/verge/internal/telemetry"
 	"verge.dev/verge/internal/xds/translate"
 )
 
@@ -176,16 +177,16 @@ func tcpExtra(keys ...string) string {
 func TestTelemetryNACK(t *testing.T) {
 	jsonFormat := func(http bool, edit func(map[string]*structpb.Value)) *structpb.Struct {
 		fields := map[string]*structpb.Value{}
-		for _, f := range logFields {
-			v := f.tcp
+		for _, f := range telemetry.AccessLogFields {
+			v := f.TCP
 			if http {
-				v = f.http
+				v = f.HTTP
 			}
-			if f.key == "direction" {
+			if f.Key == "direction" {
 				v = "inbound"
 			}
 			if v != "" {
-				fields[f.key] = structpb.NewStringValue(v)
+				fields[f.Key] = structpb.NewStringValue(v)
 			}
 		}
 		if edit != nil {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"verge.dev/verge/api/v1alpha1"
+	"verge.dev/verge/internal/telemetry"
 )
 
 // Telemetry (docs/xds-telemetry.md is the field-by-field contract). The
@@ -30,7 +31,7 @@ import (
 //
 //   - access log: the HTTP connection manager's access_log, and the TCP
 //     proxy's, is one envoy.access_loggers.file whose log_format is a
-//     json_format naming the fields the Verge proxy writes (accessLogFields);
+//     json_format naming the fields the Verge proxy writes (telemetry.AccessLogFields);
 //   - tracing: the HTTP connection manager's tracing with random_sampling
 //     and the envoy.tracers.opentelemetry provider, exporting over gRPC to
 //     the cluster CollectorCluster (STATIC for an IP collector, STRICT_DNS
@@ -54,39 +55,6 @@ const (
 	TelemetryMetricsKey  = "metrics"
 	TelemetryServiceKey  = "service"
 )
-
-// accessLogField is one key of the access log's json_format and the Envoy
-// command operator producing the closest value. The Verge proxy writes its
-// own value for each key (docs/xds-telemetry.md says which) and refuses a
-// format that differs from this list.
-type accessLogField struct{ key, http, tcp string }
-
-// accessLogFields in the order the docs list them; "" means the key is not
-// written for that kind of listener. "direction" is literal text, the
-// listener's direction.
-var accessLogFields = []accessLogField{
-	{"start_time", "%START_TIME%", "%START_TIME%"},
-	{"duration_ms", "%DURATION%", "%DURATION%"},
-	{"direction", "", ""}, // filled per listener
-	{"protocol", "%PROTOCOL%", "tcp"},
-	{"method", "%REQ(:METHOD)%", ""},
-	{"authority", "%REQ(:AUTHORITY)%", ""},
-	{"path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", ""},
-	{"status", "%RESPONSE_CODE%", ""},
-	{"grpc_status", "%GRPC_STATUS_NUMBER%", ""},
-	{"bytes_received", "%BYTES_RECEIVED%", "%BYTES_RECEIVED%"},
-	{"bytes_sent", "%BYTES_SENT%", "%BYTES_SENT%"},
-	{"source", "%DOWNSTREAM_REMOTE_ADDRESS%", "%DOWNSTREAM_REMOTE_ADDRESS%"},
-	{"source_identity", "%DOWNSTREAM_PEER_URI_SAN%", "%DOWNSTREAM_PEER_URI_SAN%"},
-	{"destination", "%UPSTREAM_CLUSTER%", "%UPSTREAM_CLUSTER%"},
-	{"upstream_host", "%UPSTREAM_HOST%", "%UPSTREAM_HOST%"},
-	{"route", "%ROUTE_NAME%", ""},
-	{"retries", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%", ""},
-	{"response_flags", "%RESPONSE_FLAGS%", "%RESPONSE_FLAGS%"},
-	{"trace_id", "%TRACE_ID%", ""},
-	{"request_id", "%REQ(X-REQUEST-ID)%", ""},
-	{"user_agent", "%REQ(USER-AGENT)%", ""},
-}
 
 // Listener directions, as the access log's "direction" field writes them.
 const (
@@ -129,19 +97,19 @@ func newTelemetryIndex(ts []*v1alpha1.Telemetry) telemetryIndex {
 }
 
 // fileAccessLog is an envoy.access_loggers.file writing the json_format of
-// accessLogFields for an HTTP or TCP listener of the given direction.
+// telemetry.AccessLogFields for an HTTP or TCP listener of the given direction.
 func fileAccessLog(path string, http bool, direction string) []*accesslogv3.AccessLog {
-	fields := make(map[string]*structpb.Value, len(accessLogFields))
-	for _, f := range accessLogFields {
-		v := f.tcp
+	fields := make(map[string]*structpb.Value, len(telemetry.AccessLogFields))
+	for _, f := range telemetry.AccessLogFields {
+		v := f.TCP
 		if http {
-			v = f.http
+			v = f.HTTP
 		}
-		if f.key == "direction" {
+		if f.Key == "direction" {
 			v = direction
 		}
 		if v != "" {
-			fields[f.key] = structpb.NewStringValue(v)
+			fields[f.Key] = structpb.NewStringValue(v)
 		}
 	}
 	return []*accesslogv3.AccessLog{{
