@@ -107,6 +107,14 @@ func (h streamSpanHeaders) Get(name string) string { return h.s.Get(name) }
 // then needs no wrapper); the propagators never call it.
 func (h streamSpanHeaders) Keys() []string { return nil }
 
+// ScanTrace makes streamSpanHeaders a tracing.Scanner (HTTP/2 field names
+// are lower case).
+func (h streamSpanHeaders) ScanTrace(in *tracing.Incoming) {
+	for _, f := range h.s.Header {
+		in.Add(f.Name, f.Value)
+	}
+}
+
 func (h streamSpanHeaders) Set(name, value string) {
 	for i := range h.s.Header {
 		if h.s.Header[i].Name == name {

@@ -26,8 +26,17 @@ type h1Obs struct {
 	local bool // the proxy answered itself
 	inner func(status int, err error)
 	stats h1.Stats
-	span  *tracing.Span
-	edits h1.HeaderEdits
+	tr    *h1Trace // with tracing
+}
+
+// h1Trace is an exchange's span and the request edits that carry its
+// context upstream, in a copy of the route's Traffic: one allocation, and
+// none for a listener without tracing.
+type h1Trace struct {
+	span    tracing.Span
+	edits   h1.HeaderEdits
+	set     [1]h1.Field
+	traffic h1.Traffic
 }
 
 // observeH1 wraps d so that its end is observed, and starts this hop's
@@ -59,9 +68,12 @@ func (r h1Router) observeH1(req *h1.Request, d h1.Decision, lt *listenerTelemetr
 		if lt.tracer.Recommended() {
 			st.Peer, st.UserAgent = r.src.String(), req.Header("user-agent")
 		}
-		x.span = lt.tracer.StartSpan(h1SpanHeaders{x}, st)
-		if !x.local && (len(x.edits.Set) > 0 || len(x.edits.Remove) > 0) {
-			d.Traffic = withRequestEdits(d.Traffic, &x.edits)
+		t := &h1Trace{}
+		t.edits.Set = t.set[:0]
+		x.tr = t
+		lt.tracer.Begin(&t.span, h1SpanHeaders{x}, st)
+		if !x.local && (len(t.edits.Set) > 0 || len(t.edits.Remove) > 0) {
+			d.Traffic = withRequestEdits(&t.traffic, d.Traffic, &t.edits)
 		}
 	}
 	d.Stats = &x.stats
@@ -69,12 +81,12 @@ func (r h1Router) observeH1(req *h1.Request, d h1.Decision, lt *listenerTelemetr
 	return d
 }
 
-// withRequestEdits returns a copy of tr (shared by requests, or nil) whose
-// request edits end with e's.
-func withRequestEdits(tr *h1.Traffic, e *h1.HeaderEdits) *h1.Traffic {
-	var cp h1.Traffic
+// withRequestEdits makes cp a copy of tr (shared by requests, or nil)
+// whose request edits end with e's, and returns it.
+func withRequestEdits(cp, tr *h1.Traffic, e *h1.HeaderEdits) *h1.Traffic {
+	*cp = h1.Traffic{}
 	if tr != nil {
-		cp = *tr
+		*cp = *tr
 	}
 	if old := cp.RequestHeaders; old != nil {
 		merged := &h1.HeaderEdits{
@@ -85,7 +97,7 @@ func withRequestEdits(tr *h1.Traffic, e *h1.HeaderEdits) *h1.Traffic {
 		e = merged
 	}
 	cp.RequestHeaders = e
-	return &cp
+	return cp
 }
 
 // h1SpanHeaders lets the tracer read the request's fields and record the
@@ -94,9 +106,9 @@ type h1SpanHeaders struct{ x *h1Obs }
 
 func (h h1SpanHeaders) Get(name string) string { return h.x.req.Header(name) }
 func (h h1SpanHeaders) Set(name, value string) {
-	h.x.edits.Set = append(h.x.edits.Set, h1.Field{Name: name, Value: value})
+	h.x.tr.edits.Set = append(h.x.tr.edits.Set, h1.Field{Name: name, Value: value})
 }
-func (h h1SpanHeaders) Del(name string) { h.x.edits.Remove = append(h.x.edits.Remove, name) }
+func (h h1SpanHeaders) Del(name string) { h.x.tr.edits.Remove = append(h.x.tr.edits.Remove, name) }
 
 // Keys makes h1SpanHeaders a propagation.TextMapCarrier (the tracer then
 // needs no wrapper); the propagators never call it.
@@ -128,9 +140,10 @@ func (x *h1Obs) done(status int, err error) {
 		o.UserAgent = req.Header("user-agent")
 		o.RequestID = req.Header("x-request-id")
 	}
-	if x.span != nil {
-		o.TraceID, o.SpanID = x.span.TraceID(), x.span.SpanID()
-		x.span.Finish(tracing.End{Time: now, Status: status, GRPCStatus: -1,
+	if x.tr != nil {
+		sp := &x.tr.span
+		o.TraceID, o.SpanID = sp.TraceID(), sp.SpanID()
+		sp.Finish(tracing.End{Time: now, Status: status, GRPCStatus: -1,
 			BytesIn: x.stats.BytesIn, BytesOut: x.stats.BytesOut, Upstream: x.stats.Addr, Err: err})
 	}
 	x.p.observe(x.lt, &o)

@@ -33,7 +33,7 @@ func (h *benchHeaders) Set(k, v string) {
 func (h *benchHeaders) Del(k string) { h.Set(k, "") }
 
 // benchSpan is one request's whole tracing work: extract, start with
-// every attribute, inject, finish. Export runs in the batch processor's
+// every attribute, inject, finish. Export runs in the Tracer's own
 // goroutine against a real OTLP receiver (spans beyond its queue are
 // dropped, as in production under overload).
 //

@@ -3,8 +3,7 @@
 // incoming request or starts one at the configured sampling rate, makes
 // one span per hop with the OpenTelemetry HTTP and RPC semantic
 // conventions' attributes, propagates W3C traceparent upstream, and
-// exports OTLP/gRPC; spans are the OpenTelemetry Go SDK's (sampler,
-// batch span processor), the exporter is this package's (export.go).
+// exports the spans over OTLP/gRPC.
 //
 // It does not own where spans are started: the data path (h1 engine,
 // HTTP/2 bridge, net/http) calls StartSpan and Finish around each request
@@ -21,12 +20,13 @@
 //     spans. The Recommended user_agent.original and
 //     network.peer.address/port are opt-in (Options.RecommendedAttributes):
 //     every attribute costs every sampled request twice, on the request
-//     path and in export. Not the Opt-In body sizes. The span name is the method alone ("GET"; "HTTP" for unknown
-//     methods), not "GET {http.route}": Start.Route is the name of the
-//     matched xDS route, not a path template, so it goes only into
-//     http.route. The query string is never recorded (url.path, url.full
-//     stop at '?') because queries routinely carry credentials and the
-//     proxy cannot tell which.
+//     path and in export. Not the Opt-In body sizes. The span name is the
+//     method alone ("GET"; "HTTP" for unknown methods), not
+//     "GET {http.route}": Start.Route is the name of the matched xDS
+//     route, not a path template, so it goes only into http.route. The
+//     query string is never recorded (url.path, url.full stop at '?')
+//     because queries routinely carry credentials and the proxy cannot
+//     tell which.
 //   - gRPC spans use the RPC attributes rpc.system=grpc, rpc.service,
 //     rpc.method and rpc.grpc.status_code (the names of semantic
 //     conventions v1.37.0; v1.39 renamed them to rpc.system.name and
@@ -38,37 +38,56 @@
 //     UNAVAILABLE and DATA_LOSS on Server spans, every non-OK code on
 //     Client spans; any End.Err.
 //
-// Cost: an unsampled request pays for parsing the incoming context, a
-// new span id and writing traceparent (a few hundred nanoseconds, five to
-// seven allocations); a sampled one also builds the SDK span and its
-// attributes (see the benchmarks). traceparent is written here in one
-// allocation rather than by the W3C propagator's Inject (four), and the
-// span's IDs are substrings of it.
+// Why spans are not the OpenTelemetry SDK's: this package started with
+// the SDK (sdktrace spans, its batch span processor) and then replaced,
+// measured step by step, the parts that cost the data path most. A proxy
+// span is always the same shape (a kind, a name, a dozen attributes of
+// known keys, no events, no links), but the SDK's general span takes a
+// mutex per call, copies the attributes into its own slice, builds a map
+// to deduplicate them, snapshots the span at End, and hands the snapshot
+// through a channel to a goroutine that groups and encodes it, and the
+// snapshots live until the batch is exported, which the garbage collector
+// pays for again. Tracing at 100% cost 23% of the two-proxy throughput
+// that way (bench/RESULTS.md), against the issue's 15%. Measured on one
+// sampled span (BenchmarkStartSpanSampled/request-path, the request
+// path alone): 1.7 µs and 9 allocations with the SDK, 0.7 µs and 2 here;
+// with export to an in-process collector (BenchmarkSpanExported, which
+// runs both side by side): 9.6 µs and 95 allocations with the SDK and
+// otlptracegrpc, 4.1 µs and 50 here, most of them the collector's
+// decoding. Here a span is a
+// small struct the data path fills; Finish encodes it once, with
+// protowire, straight into the pending OTLP request (record.go), and one
+// goroutine sends that request to the collector in batches. What the SDK
+// still decides: sampling (sdktrace.TraceIDRatioBased for new traces,
+// ParentBased's rule for continued ones), and what reaches the collector
+// is checked to be what the SDK with otlptracegrpc sends for the same
+// span (TestMatchesSDK), field for field.
 //
-// Export runs in the SDK's batch span processor goroutine: its queue is
-// bounded (2048 spans), and spans that find it full are dropped, so a
-// slow or absent collector costs memory up to that bound and never
-// blocks a request. The exporter is hand-written because otlptracegrpc
-// was the largest cost of 100% sampling: its tracetransform turns each
-// span into a tree of proto structs (about three allocations per
-// attribute, a third of all the allocations of a proxied request) only
-// for proto.Marshal to flatten it again. The exporter writes the same
-// ExportTraceServiceRequest with protowire from the SDK's spans into a
-// pooled buffer and sends the bytes with grpc-go (BenchmarkExport: 7.1 ->
-// 4.0 µs a span with the receiver's decoding, 77 -> 47 allocations;
-// BenchmarkTwoProxies/plaintext-trace100, whole process: 223 -> 125
-// allocations and about 96k -> 80k CPU ns a request against 64k with
-// tracing off). TestExporterMatchesOTLP checks that it sends what
-// otlptracegrpc sends. It keeps otlptracegrpc's retry rules (the OTLP
-// retryable codes, backoff from 0.5 s to 5 s, 10 s an export).
+// Cost: an unsampled request pays for reading the incoming context (one
+// pass over the fields when the Headers can list them), two random IDs
+// and writing traceparent (one allocation); a sampled one also fills and
+// encodes the span (see the benchmarks). The incoming traceparent is
+// parsed here, as the W3C propagator does (FuzzTraceparent checks both
+// agree), because the propagator returns it inside a new context.Context
+// and then its tracestate, two allocations a request; B3 still goes
+// through the contrib propagator, being rare.
+//
+// Export: spans wait in a bounded queue (2048 spans, 4 MiB); a span that
+// finds it full is dropped and counted (Dropped), so a slow or absent
+// collector costs memory up to that bound and never blocks a request.
+// The queue is sent when it holds 512 spans or a second after its first,
+// with otlptracegrpc's retry rules (the OTLP retryable codes, backoff
+// from 0.5 s to 5 s, 10 s an export).
 package tracing
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
@@ -78,9 +97,7 @@ import (
 
 	"go.opentelemetry.io/contrib/propagators/b3"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
@@ -122,13 +139,50 @@ const (
 
 // Headers reads and writes request header fields; the data path adapts
 // its own header representation to it. StartSpan calls it only from the
-// calling goroutine. An adapter that also has Keys (a
-// propagation.TextMapCarrier) spares StartSpan wrapping it, one
-// allocation a request; Keys is never called.
+// calling goroutine. An adapter that can list its fields should also be a
+// Scanner. An adapter that also has Keys (a propagation.TextMapCarrier)
+// spares StartSpan wrapping it for the B3 propagator; Keys is never
+// called.
 type Headers interface {
 	Get(name string) string // lower-case name; "" when absent
 	Set(name, value string)
 	Del(name string)
+}
+
+// Scanner is a Headers that can pass every field to Incoming.Add in one
+// pass: StartSpan then reads the trace context with that pass instead of
+// a lookup per field it looks for, most of them absent.
+type Scanner interface {
+	ScanTrace(in *Incoming)
+}
+
+// Incoming collects the trace context fields of a request (see Scanner).
+type Incoming struct {
+	traceparent, tracestate string
+	seen                    uint8 // which of traceparent, tracestate were found
+	b3                      bool  // some B3 field is present
+}
+
+const (
+	seenTraceparent = 1 << iota
+	seenTracestate
+)
+
+// Add looks at one field; name must be in lower case. The first
+// traceparent and tracestate count, as a header lookup would find them.
+func (in *Incoming) Add(name, value string) {
+	switch {
+	case name == "traceparent":
+		if in.seen&seenTraceparent == 0 {
+			in.traceparent, in.seen = value, in.seen|seenTraceparent
+		}
+	case name == "tracestate":
+		if in.seen&seenTracestate == 0 {
+			in.tracestate, in.seen = value, in.seen|seenTracestate
+		}
+	case name == "b3" || strings.HasPrefix(name, "x-b3-"):
+		in.b3 = true
+	}
 }
 
 // Start describes the request a span is for.
@@ -168,19 +222,21 @@ type End struct {
 // Span is one hop's span, or a no-op (Sampled false) that still carries
 // the trace context onward. A nil *Span is a valid no-op.
 type Span struct {
-	span trace.Span
+	t    *Tracer
 	sc   trace.SpanContext
 	kind Kind
 	grpc bool
-	// recommended: the Tracer's RecommendedAttributes.
-	recommended bool
 	// traceparent is what went upstream; "" without a valid context.
 	traceparent string
-	// opts backs the start options, sparing a slice per span.
-	opts [2]trace.SpanStartOption
-	// attrs holds the start attributes of a recording span until Finish
-	// sets them together with the end ones: one SetAttributes call grows
-	// the SDK's attribute slice once.
+	in          Incoming
+	// Recording spans only: until Finish.
+	recording bool
+	parent    trace.SpanID // invalid for a root
+	remote    bool         // the parent came from the request
+	name      string
+	start     time.Time
+	// attrs holds the start attributes until Finish encodes them with
+	// the end ones.
 	attrs *[]attribute.KeyValue
 }
 
@@ -211,68 +267,67 @@ func (s *Span) SpanID() string {
 func (s *Span) Sampled() bool { return s != nil && s.sc.IsSampled() }
 
 // Finish ends the span; a Span must be finished exactly once, by one
-// goroutine (a later second call is ignored). It never blocks on export.
+// goroutine (a later second call is ignored). It encodes a sampled span
+// into the export queue (or drops it when the queue is full) and never
+// blocks on export. The strings of the Start the span began with must be
+// intact until Finish returns.
 func (s *Span) Finish(e End) {
-	if s == nil || s.attrs == nil {
+	if s == nil || !s.recording {
 		return
 	}
+	s.recording = false
 	p := s.attrs
 	s.attrs = nil
 	attrs := *p
-	var code codes.Code
-	var desc, errType string
-
+	var st spanStatus
+	var errType string
 	if s.grpc {
 		if e.GRPCStatus >= 0 {
 			attrs = append(attrs, rpcGRPCStatusCode.Int(e.GRPCStatus))
 			if grpcIsError(s.kind, e.GRPCStatus) {
-				code = codes.Error
+				st.code = statusError
 				errType = grpcCodeName(e.GRPCStatus)
 			}
 		} else if e.Status >= 400 {
-			code = codes.Error
+			st.code = statusError
 			errType = strconv.Itoa(e.Status)
 		}
 	} else if e.Status > 0 {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(e.Status))
 		if e.Status >= 500 || (s.kind == Client && e.Status >= 400) {
-			code = codes.Error
+			st.code = statusError
 			errType = strconv.Itoa(e.Status)
 		}
 	}
 	if e.Err != nil {
-		code = codes.Error
-		desc = e.Err.Error()
+		st.code = statusError
+		st.desc = e.Err.Error()
 		errType = errorType(e.Err)
 	}
 	if errType != "" {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(errType))
 	}
-	if s.recommended && s.kind == Client && e.Upstream != "" {
+	if s.t.recommended && s.kind == Client && e.Upstream != "" {
 		attrs = appendPeer(attrs, e.Upstream)
 	}
-	s.span.SetAttributes(attrs...)
-	clear(attrs) // the SDK copied them; drop the request's strings
+	end := e.Time
+	if end.IsZero() {
+		end = time.Now()
+	}
+	s.t.q.add(s, attrs, end, st)
+	clear(attrs) // drop the request's strings
 	*p = attrs[:0]
 	attrPool.Put(p)
-	if code == codes.Error {
-		s.span.SetStatus(codes.Error, desc)
-	}
-	if e.Time.IsZero() {
-		s.span.End()
-	} else {
-		s.span.End(trace.WithTimestamp(e.Time))
-	}
 }
 
 // Tracer makes spans. Safe for concurrent use.
 type Tracer struct {
-	provider *sdktrace.TracerProvider
-	tracer   trace.Tracer
-	w3c      propagation.TraceContext
-	b3       propagation.TextMapPropagator
+	// ratio samples new traces; continued ones follow their parent.
+	ratio sdktrace.Sampler
+	b3    propagation.TextMapPropagator
 	// recommended: Options.RecommendedAttributes.
 	recommended bool
+	q           *queue
 }
 
 // New starts a Tracer and its exporter. It does not wait for the
@@ -303,22 +358,11 @@ func New(o Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracing: OTLP exporter for %s: %w", o.Collector, err)
 	}
-	res := resource.NewWithAttributes(semconv.SchemaURL, semconv.ServiceName(o.ServiceName))
-	tp := sdktrace.NewTracerProvider(
-		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(o.SamplePercent/100))),
-		// A short batch timeout makes traces show up within a second at
-		// low rates; at high rates batches fill (512 spans) first.
-		sdktrace.WithBatcher(exp,
-			sdktrace.WithMaxQueueSize(sdktrace.DefaultMaxQueueSize),
-			sdktrace.WithBatchTimeout(time.Second)),
-	)
 	return &Tracer{
-		provider: tp,
-		tracer:   tp.Tracer("verge.dev/verge/internal/proxy/tracing"),
-		b3:       b3.New(),
-
+		ratio:       sdktrace.TraceIDRatioBased(o.SamplePercent / 100),
+		b3:          b3.New(),
 		recommended: o.RecommendedAttributes,
+		q:           newQueue(exp, o.ServiceName, queueLimits),
 	}, nil
 }
 
@@ -333,36 +377,75 @@ var b3Headers = [...]string{"b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspa
 // sampling decision is respected; a B3 context without one counts as not
 // sampled (the B3 propagator reads "deferred" as 0).
 func (t *Tracer) StartSpan(h Headers, s Start) *Span {
-	// Adapters that are TextMapCarriers themselves spare the allocation
-	// of wrapping them.
-	c, ok := h.(propagation.TextMapCarrier)
-	if !ok {
-		c = carrier{h}
+	out := new(Span)
+	t.Begin(out, h, s)
+	return out
+}
+
+// Begin is StartSpan into a Span the caller holds (one allocation fewer
+// when it is part of the caller's per-request state). out is overwritten.
+func (t *Tracer) Begin(out *Span, h Headers, s Start) {
+	*out = Span{t: t, kind: s.Kind, grpc: s.GRPC}
+	in := &out.in
+	if sc, ok := h.(Scanner); ok {
+		sc.ScanTrace(in)
+	} else {
+		in.traceparent, in.tracestate = h.Get("traceparent"), h.Get("tracestate")
+		// The fields that make a B3 context or a sampling decision; the
+		// span and parent IDs mean nothing without them.
+		in.b3 = h.Get("b3") != "" || h.Get("x-b3-traceid") != "" || h.Get("x-b3-sampled") != "" || h.Get("x-b3-flags") != ""
 	}
-	ctx := t.w3c.Extract(context.Background(), c)
-	hasB3 := h.Get("b3") != "" || h.Get("x-b3-traceid") != ""
-	if hasB3 && !trace.SpanContextFromContext(ctx).IsValid() {
-		ctx = t.b3.Extract(ctx, c)
+	parent := parseTraceparent(in.traceparent)
+	if parent.IsValid() && in.tracestate != "" {
+		// A malformed tracestate is dropped, not the traceparent (W3C).
+		ts, _ := trace.ParseTraceState(in.tracestate)
+		parent = parent.WithTraceState(ts)
+	}
+	if !parent.IsValid() && in.b3 {
+		c, ok := h.(propagation.TextMapCarrier)
+		if !ok {
+			c = carrier{h}
+		}
+		parent = trace.SpanContextFromContext(t.b3.Extract(context.Background(), c))
 	}
 
-	out := &Span{kind: s.Kind, grpc: s.GRPC, recommended: t.recommended}
-	opts := out.opts[:1]
-	opts[0] = serverKind
-	if s.Kind == Client {
-		opts[0] = clientKind
+	var scc trace.SpanContextConfig
+	sampled := false
+	if parent.IsValid() {
+		// ParentBased: a remote parent's decision is kept.
+		scc.TraceID, scc.TraceState = parent.TraceID(), parent.TraceState()
+		sampled = parent.IsSampled()
+		out.parent, out.remote = parent.SpanID(), parent.IsRemote()
+	} else {
+		scc.TraceID = newTraceID()
+		out.name = spanName(s)
+		r := t.ratio.ShouldSample(sdktrace.SamplingParameters{
+			ParentContext: context.Background(), TraceID: scc.TraceID, Name: out.name, Kind: spanKindOf(s.Kind),
+		})
+		sampled = r.Decision == sdktrace.RecordAndSample
+		scc.TraceState = r.Tracestate
 	}
-	if !s.Time.IsZero() {
-		opts = append(opts, trace.WithTimestamp(s.Time))
+	scc.SpanID = newSpanID()
+	scc.TraceFlags = parent.TraceFlags() &^ trace.FlagsSampled
+	if sampled {
+		scc.TraceFlags |= trace.FlagsSampled
 	}
-	_, sp := t.tracer.Start(ctx, spanName(s), opts...)
-	out.span, out.sc = sp, sp.SpanContext()
-	if sp.IsRecording() {
+	out.sc = trace.NewSpanContext(scc)
+	if sampled {
+		out.recording = true
+		if out.name == "" {
+			out.name = spanName(s)
+		}
+		out.start = s.Time
+		if out.start.IsZero() {
+			out.start = time.Now()
+		}
 		p := attrPool.Get().(*[]attribute.KeyValue)
 		*p = startAttrs((*p)[:0], &s, t.recommended)
 		out.attrs = p
 	}
 
-	if hasB3 || h.Get("x-b3-sampled") != "" || h.Get("x-b3-flags") != "" {
+	if in.b3 {
 		for _, k := range b3Headers {
 			if h.Get(k) != "" {
 				h.Del(k)
@@ -371,14 +454,85 @@ func (t *Tracer) StartSpan(h Headers, s Start) *Span {
 	}
 	if ts := out.sc.TraceState(); ts.Len() > 0 {
 		h.Set("tracestate", ts.String())
-	} else if h.Get("tracestate") != "" {
+	} else if in.tracestate != "" {
 		h.Del("tracestate")
 	}
-	if out.sc.IsValid() {
-		out.traceparent = traceparent(out.sc)
-		h.Set("traceparent", out.traceparent)
+	out.traceparent = traceparent(out.sc)
+	h.Set("traceparent", out.traceparent)
+}
+
+// parseTraceparent reads a W3C traceparent as the W3C propagator does
+// (propagation.TraceContext; FuzzTraceparent holds them to the same
+// answer) without its context.Context: an invalid SpanContext when v is
+// not a valid one.
+func parseTraceparent(v string) trace.SpanContext {
+	if len(v) < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-' {
+		return trace.SpanContext{}
 	}
-	return out
+	var ver, flags [1]byte
+	var scc trace.SpanContextConfig
+	if !hexPart(ver[:], v[0:2]) || ver[0] == 0xff ||
+		!hexPart(scc.TraceID[:], v[3:35]) || !hexPart(scc.SpanID[:], v[36:52]) ||
+		!hexPart(flags[:], v[53:55]) {
+		return trace.SpanContext{}
+	}
+	// What follows the flags must be another field ("-..."); version 0
+	// allows none (a lone trailing "-" passes, as with the propagator)
+	// and no reserved flag bits.
+	rest := v[55:]
+	if rest != "" && rest[0] != '-' || ver[0] == 0 && (len(rest) > 1 || flags[0] > 3) {
+		return trace.SpanContext{}
+	}
+	scc.TraceFlags = trace.TraceFlags(flags[0]) & (trace.FlagsSampled | trace.FlagsRandom)
+	scc.Remote = true
+	return trace.NewSpanContext(scc)
+}
+
+// hexPart decodes lower-case hex only, as the W3C format requires.
+func hexPart(dst []byte, s string) bool {
+	for i := 0; i < len(s); i += 2 {
+		hi, ok1 := unhex(s[i])
+		lo, ok2 := unhex(s[i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		dst[i/2] = hi<<4 | lo
+	}
+	return true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// newTraceID and newSpanID draw random IDs as the SDK's default ID
+// generator does (math/rand/v2, which is lock-free), never all zeros.
+func newTraceID() (id trace.TraceID) {
+	for !id.IsValid() {
+		binary.NativeEndian.PutUint64(id[:8], rand.Uint64())
+		binary.NativeEndian.PutUint64(id[8:], rand.Uint64())
+	}
+	return id
+}
+
+func newSpanID() (id trace.SpanID) {
+	for !id.IsValid() {
+		binary.NativeEndian.PutUint64(id[:], rand.Uint64())
+	}
+	return id
+}
+
+func spanKindOf(k Kind) trace.SpanKind {
+	if k == Client {
+		return trace.SpanKindClient
+	}
+	return trace.SpanKindServer
 }
 
 // traceparent formats sc as a W3C traceparent (version 00) in one
@@ -401,11 +555,15 @@ func traceparent(sc trace.SpanContext) string {
 func (t *Tracer) Recommended() bool { return t.recommended }
 
 // Flush exports every finished span (bounded by ctx).
-func (t *Tracer) Flush(ctx context.Context) error { return t.provider.ForceFlush(ctx) }
+func (t *Tracer) Flush(ctx context.Context) error { return t.q.flush(ctx) }
 
 // Shutdown flushes pending spans (bounded by ctx) and stops the exporter.
-// Spans started afterwards are not exported.
-func (t *Tracer) Shutdown(ctx context.Context) error { return t.provider.Shutdown(ctx) }
+// Spans finished afterwards are dropped.
+func (t *Tracer) Shutdown(ctx context.Context) error { return t.q.shutdown(ctx) }
+
+// Dropped is the number of sampled spans dropped so far because the
+// export queue was full (or the Tracer shut down).
+func (t *Tracer) Dropped() uint64 { return t.q.dropped.Load() }
 
 // carrier adapts Headers to the propagators' TextMapCarrier; they never
 // call Keys.
@@ -428,13 +586,6 @@ var knownMethods = map[string]bool{
 	"GET": true, "HEAD": true, "POST": true, "PUT": true, "DELETE": true,
 	"CONNECT": true, "OPTIONS": true, "TRACE": true, "PATCH": true,
 }
-
-// serverKind and clientKind are built once: an option made per request
-// would be allocated per request.
-var (
-	serverKind trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindServer)
-	clientKind trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindClient)
-)
 
 func spanName(s Start) string {
 	if s.GRPC {
