@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -58,7 +59,8 @@ func BenchmarkTwoProxies(b *testing.B) {
 		// tracing at 1% and 100%.
 		{"plaintext-nometrics", true, false, false, noMetrics},
 		{"plaintext-trace1", true, false, false, trace(1)},
-		{"plaintext-trace100", true, false, false, trace(100)}} {
+		{"plaintext-trace100", true, false, false, trace(100)},
+		{"plaintext-logs", true, false, false, &config.ListenerTelemetry{AccessLog: &config.AccessLog{Path: filepath.Join(b.TempDir(), "access.log")}}}} {
 		b.Run(bc.name, func(b *testing.B) {
 			o := meshOpts{appAddr: app.addr, noTLS: bc.noTLS, noBridge: bc.noBridge, policy: bc.policy, tel: bc.tel, collector: sink.Addr()}
 			if !bc.noTLS {

@@ -19,11 +19,15 @@ const (
 	// lines are dropped rather than held in memory. The writer keeps a
 	// second buffer of the same size, so the log costs at most twice this.
 	maxPendingBytes = 1 << 20
-	// flushDelay is how long the writer waits after a write before it
-	// takes the next batch: under load that turns thousands of small
-	// writes per second into a couple of hundred large ones, and it is
-	// far below what a reader of the log notices.
-	flushDelay = 5 * time.Millisecond
+	// flushDelay is the longest a line waits for the writer: like Envoy's
+	// access log flush interval (1 s by default), it lets a quiet proxy
+	// wake once per interval rather than once per request. A busy one
+	// writes whenever flushBytes are pending, long before that.
+	flushDelay = time.Second
+	// flushBytes pending start a write at once: large writes (a few
+	// hundred a second at 25k requests/s) without holding lines longer
+	// than a busy disk needs.
+	flushBytes = 64 << 10
 	// lineCap is the initial capacity of a pooled line buffer.
 	lineCap = 512
 )
@@ -48,8 +52,11 @@ type AccessLogger struct {
 	delay   time.Duration
 
 	wake chan struct{} // capacity 1: "pending became non-empty"
-	quit chan struct{} // closed by Close
-	done chan struct{} // closed when the writer returned
+	full chan struct{} // capacity 1: "pending reached flushAt"
+	// flushAt is flushBytes, or less for a small max.
+	flushAt int
+	quit    chan struct{} // closed by Close
+	done    chan struct{} // closed when the writer returned
 
 	// mu guards pending and closed.
 	mu      sync.Mutex
@@ -88,6 +95,8 @@ func newAccessLogger(w io.Writer, c io.Closer, dropped prometheus.Counter, max i
 		max:     max,
 		delay:   delay,
 		wake:    make(chan struct{}, 1),
+		full:    make(chan struct{}, 1),
+		flushAt: min(flushBytes, max/4),
 		quit:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -147,18 +156,29 @@ func (l *AccessLogger) enqueue(line []byte) {
 		l.dropped.Inc()
 		return
 	}
-	first := len(l.pending) == 0
+	before := len(l.pending)
 	l.pending = append(l.pending, line...)
+	after := len(l.pending)
 	l.mu.Unlock()
-	if first {
-		select {
-		case l.wake <- struct{}{}:
-		default: // the writer has a wake-up pending already
-		}
+	if before == 0 {
+		signal(l.wake)
+	}
+	if before < l.flushAt && after >= l.flushAt {
+		signal(l.full)
 	}
 }
 
-// run is the writer: it owns spare and the file until it returns.
+// signal wakes the writer unless a wake-up is pending already.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// run is the writer: it owns spare and the file until it returns. After
+// the first line of a batch it waits for flushAt bytes, the delay, or
+// Close, whichever comes first, and writes the batch in one call.
 func (l *AccessLogger) run(spare []byte) {
 	defer close(l.done)
 	t := time.NewTimer(l.delay)
@@ -166,6 +186,15 @@ func (l *AccessLogger) run(spare []byte) {
 	for {
 		select {
 		case <-l.wake:
+			t.Reset(l.delay)
+			select {
+			case <-t.C:
+			case <-l.full:
+				t.Stop()
+			case <-l.quit:
+				t.Stop()
+			}
+		case <-l.full:
 		case <-l.quit:
 		}
 		l.mu.Lock()
@@ -188,17 +217,6 @@ func (l *AccessLogger) run(spare []byte) {
 			// closed was read under the same lock as the swap, and
 			// enqueue refuses lines once it is set: nothing is left.
 			return
-		}
-		if len(batch) >= l.max/4 {
-			// The log is busy: write again at once rather than let
-			// the pending buffer fill up and drop lines.
-			continue
-		}
-		t.Reset(l.delay)
-		select {
-		case <-t.C:
-		case <-l.quit:
-			t.Stop()
 		}
 	}
 }

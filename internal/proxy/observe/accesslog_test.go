@@ -269,3 +269,22 @@ func FuzzAccessLogLine(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRFC3339Nano: the cached-second formatting of start_time is
+// time.RFC3339Nano's, for any instant, in any order.
+func FuzzRFC3339Nano(f *testing.F) {
+	for _, s := range [][2]int64{{0, 0}, {1700000000, 123456789}, {1700000000, 100}, {1700000001, 0}, {-62135596800, 1}, {253402300800, 5}, {-100, 999999999}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, sec, nsec int64) {
+		tm := time.Unix(sec, nsec%1e9)
+		want := tm.UTC().Format(time.RFC3339Nano)
+		if got := string(appendRFC3339Nano(nil, tm)); got != want {
+			t.Fatalf("%v: %q, want %q", tm, got, want)
+		}
+		// Again, now that the second is cached.
+		if got := string(appendRFC3339Nano(nil, tm)); got != want {
+			t.Fatalf("%v (cached): %q, want %q", tm, got, want)
+		}
+	})
+}

@@ -2,6 +2,7 @@ package observe
 
 import (
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -54,11 +55,53 @@ func appendConnLine(b []byte, c *Conn) []byte {
 // appendCommon opens the object with the fields every line has.
 func appendCommon(b []byte, start time.Time, d time.Duration, e *Edge) []byte {
 	b = append(b, `{"start_time":"`...)
-	b = start.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = appendRFC3339Nano(b, start)
 	b = append(b, `","duration_ms":`...)
 	b = appendMillis(b, d)
 	b = appendStringField(b, "direction", e.Direction)
 	return appendStringField(b, "protocol", e.Protocol)
+}
+
+// secondPrefix is the "2006-01-02T15:04:05" of one second, UTC.
+type secondPrefix struct {
+	sec int64
+	b   [19]byte
+}
+
+// lastSecond caches the prefix of the second last formatted: every line
+// of a busy proxy falls in the same second as the one before, and the
+// calendar arithmetic of time.AppendFormat is most of a line's formatting.
+var lastSecond atomic.Pointer[secondPrefix]
+
+// appendRFC3339Nano appends t in UTC as time.RFC3339Nano does (trailing
+// zeros of the fraction dropped), reusing the cached second.
+func appendRFC3339Nano(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	if y := t.Year(); y < 0 || y > 9999 {
+		return t.AppendFormat(b, time.RFC3339Nano)
+	}
+	sec := t.Unix()
+	p := lastSecond.Load()
+	if p == nil || p.sec != sec {
+		p = &secondPrefix{sec: sec}
+		t.AppendFormat(p.b[:0], "2006-01-02T15:04:05")
+		lastSecond.Store(p)
+	}
+	b = append(b, p.b[:]...)
+	if ns := t.Nanosecond(); ns != 0 {
+		var f [10]byte
+		f[0] = '.'
+		for i := 9; i >= 1; i-- {
+			f[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := len(f)
+		for f[n-1] == '0' {
+			n--
+		}
+		b = append(b, f[:n]...)
+	}
+	return append(b, 'Z')
 }
 
 // appendMillis appends d in milliseconds with microsecond resolution
