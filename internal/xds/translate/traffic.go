@@ -174,7 +174,7 @@ func (ix *Index) retryPolicy(parent *portInfo, ws []weighted, rs ruleSpec) *rout
 		}
 		rp := &routev3.RetryPolicy{
 			RetryOn:      gatewayRetryOn,
-			NumRetries:   wrapperspb.UInt32(uint32(min(attempts, math.MaxUint32))),
+			NumRetries:   wrapperspb.UInt32(uint32(min(int64(attempts), math.MaxUint32))),
 			RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(base), MaxInterval: durationpb.New(10 * base)},
 		}
 		if rs.perTry > 0 {
