@@ -58,9 +58,9 @@ go test -race -count=1 -timeout 15m $(go list ./... | grep -v '/test/e2e$')
 step "end-to-end tests (real verge processes on loopback, built with -race)"
 VERGE_E2E_RACE=1 go test -count=1 -timeout 20m ./test/e2e/
 
-step "verge-proxy cross-builds"
-GOOS=linux GOARCH=arm64 go build -trimpath -o /dev/null ./cmd/verge-proxy
-GOOS=linux GOARCH=arm GOARM=7 go build -trimpath -o /dev/null ./cmd/verge-proxy
+step "cross-builds (edge sites run both binaries on 64- and 32-bit ARM)"
+GOOS=linux GOARCH=arm64 go build -trimpath -o /dev/null ./cmd/...
+GOOS=linux GOARCH=arm GOARM=7 go build -trimpath -o /dev/null ./cmd/...
 echo "linux/arm64 and linux/arm (GOARM=7) build"
 
 step "all checks passed"
