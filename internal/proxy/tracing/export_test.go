@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.opentelemetry.io/contrib/propagators/b3"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/propagation"
@@ -142,7 +143,7 @@ func (r *sdkTracer) span(h Headers, s Start, e End, recommended bool) {
 		kind = trace.SpanKindClient
 	}
 	_, sp := r.tr.Start(ctx, spanName(s), trace.WithSpanKind(kind), trace.WithTimestamp(s.Time))
-	attrs := startAttrs(nil, &s, recommended)
+	attrs := refStartAttrs(nil, &s, recommended)
 	var code codes.Code
 	var desc, errType string
 	if s.GRPC {
@@ -167,7 +168,7 @@ func (r *sdkTracer) span(h Headers, s Start, e End, recommended bool) {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(errType))
 	}
 	if recommended && s.Kind == Client && e.Upstream != "" {
-		attrs = appendPeer(attrs, e.Upstream)
+		attrs = refAppendPeer(attrs, e.Upstream)
 	}
 	sp.SetAttributes(attrs...)
 	if code == codes.Error {
@@ -411,4 +412,70 @@ type discard struct {
 
 func (*discard) Export(context.Context, *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
 	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+// The reference attributes: how this package built the SDK span's
+// attributes when it used the SDK, kept as the expectation the encoder
+// (appendStartAttrs and appendRecorded) is checked against.
+
+var (
+	// Attribute keys of the RPC conventions the semconv package no longer names.
+	rpcSystemGRPC     = attribute.String("rpc.system", "grpc")
+	rpcService        = attribute.Key("rpc.service")
+	rpcMethod         = attribute.Key("rpc.method")
+	rpcGRPCStatusCode = attribute.Key("rpc.grpc.status_code")
+)
+
+func refStartAttrs(a []attribute.KeyValue, s *Start, recommended bool) []attribute.KeyValue {
+	if s.GRPC {
+		a = append(a, rpcSystemGRPC)
+		if svc, m, ok := splitGRPCPath(s.Path); ok {
+			a = append(a, rpcService.String(svc), rpcMethod.String(m))
+		}
+	} else {
+		if knownMethods[s.Method] {
+			a = append(a, semconv.HTTPRequestMethodKey.String(s.Method))
+		} else {
+			a = append(a, semconv.HTTPRequestMethodOther, semconv.HTTPRequestMethodOriginal(s.Method))
+		}
+		path, _, _ := strings.Cut(s.Path, "?")
+		if s.Scheme != "" {
+			a = append(a, semconv.URLScheme(s.Scheme))
+		}
+		if path != "" {
+			a = append(a, semconv.URLPath(path))
+		}
+		if s.Kind == Client && s.Scheme != "" && s.Authority != "" {
+			a = append(a, semconv.URLFull(s.Scheme+"://"+s.Authority+path))
+		}
+		if recommended && s.UserAgent != "" {
+			a = append(a, semconv.UserAgentOriginal(s.UserAgent))
+		}
+		if s.Route != "" {
+			a = append(a, semconv.HTTPRoute(s.Route))
+		}
+	}
+	if s.Authority != "" {
+		host, port := splitAuthority(s.Authority, s.Scheme)
+		a = append(a, semconv.ServerAddress(host))
+		if port > 0 {
+			a = append(a, semconv.ServerPort(port))
+		}
+	}
+	if recommended && s.Kind != Client && s.Peer != "" {
+		a = refAppendPeer(a, s.Peer)
+	}
+	return a
+}
+
+func refAppendPeer(a []attribute.KeyValue, addr string) []attribute.KeyValue {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return append(a, semconv.NetworkPeerAddress(addr))
+	}
+	a = append(a, semconv.NetworkPeerAddress(host))
+	if p, err := strconv.Atoi(port); err == nil && p > 0 && p < 65536 {
+		a = append(a, semconv.NetworkPeerPort(p))
+	}
+	return a
 }

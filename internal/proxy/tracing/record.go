@@ -3,12 +3,14 @@ package tracing
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/mem"
@@ -33,12 +35,7 @@ type limits struct {
 // traces show up within a second at low rates.
 var queueLimits = limits{spans: 2048, bytes: 2 << 20, batch: 512, timeout: time.Second}
 
-// status is a span's OTLP status.
-type spanStatus struct {
-	code uint64 // STATUS_CODE_UNSET (0), STATUS_CODE_ERROR (statusError)
-	desc string
-}
-
+// statusError is OTLP's STATUS_CODE_ERROR.
 const statusError = 2
 
 // queue holds finished spans, encoded as the spans field of one
@@ -92,9 +89,9 @@ var scratch = sync.Pool{New: func() any {
 }}
 
 // add encodes a finished span into the queue, or drops it.
-func (q *queue) add(s *Span, attrs []attribute.KeyValue, end time.Time, st spanStatus) {
+func (q *queue) add(s *Span, en *ending) {
 	p := scratch.Get().(*[]byte)
-	b := appendRecorded((*p)[:0], s, attrs, end, st)
+	b := appendRecorded((*p)[:0], s, en)
 	q.mu.Lock()
 	if q.closed || q.n >= q.lim.spans || len(q.buf)+len(b) > q.lim.bytes {
 		q.mu.Unlock()
@@ -246,7 +243,7 @@ func (q *queue) shutdown(ctx context.Context) error {
 // opentelemetry.proto.trace.v1.Span), with the fields the SDK's span
 // would have for it (no events, links or dropped counts: a proxy span
 // has none).
-func appendRecorded(b []byte, s *Span, attrs []attribute.KeyValue, end time.Time, st spanStatus) []byte {
+func appendRecorded(b []byte, s *Span, en *ending) []byte {
 	b, m := openMsg(b, 2)
 	tid, sid := s.sc.TraceID(), s.sc.SpanID()
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
@@ -263,18 +260,154 @@ func appendRecorded(b []byte, s *Span, attrs []attribute.KeyValue, end time.Time
 	b = appendString(b, 5, s.name)
 	b = appendVarint(b, 6, uint64(spanKindOf(s.kind)))
 	b = appendFixed64(b, 7, unixNano(s.start))
-	b = appendFixed64(b, 8, unixNano(end))
-	for _, kv := range attrs {
-		b = appendKeyValue(b, 9, kv)
+	b = appendFixed64(b, 8, unixNano(en.time))
+	// Attributes in the order the SDK kept them: the start ones, then the
+	// end ones.
+	b = appendStartAttrs(b, &s.st, s.t.recommended)
+	if en.grpcStatus >= 0 {
+		b = appendAttrInt(b, keyGRPCStatus, int64(en.grpcStatus))
+	}
+	if en.httpStatus > 0 {
+		b = appendAttrInt(b, keyStatusCode, int64(en.httpStatus))
+	}
+	if en.errType != "" {
+		b = appendAttr(b, keyErrorType, en.errType)
+	}
+	if en.peer != "" {
+		b = appendPeerAttrs(b, en.peer)
 	}
 	// Status is always present, as otlptracegrpc sends it.
 	var sm int
 	b, sm = openMsg(b, 15)
-	b = appendString(b, 2, st.desc)
-	b = appendVarint(b, 3, st.code)
+	b = appendString(b, 2, en.desc)
+	b = appendVarint(b, 3, en.code)
 	b = closeMsg(b, sm)
 	b = appendFixed32(b, 16, spanFlags(s.sc.TraceFlags(), s.remote))
 	return closeMsg(b, m)
+}
+
+// Attribute keys, taken from the semconv package where it names them so
+// that they are the names the SDK's helpers write.
+var (
+	keyMethod         = string(semconv.HTTPRequestMethodKey)
+	keyMethodOriginal = string(semconv.HTTPRequestMethodOriginalKey)
+	keyURLScheme      = string(semconv.URLSchemeKey)
+	keyURLPath        = string(semconv.URLPathKey)
+	keyURLFull        = string(semconv.URLFullKey)
+	keyUserAgent      = string(semconv.UserAgentOriginalKey)
+	keyRoute          = string(semconv.HTTPRouteKey)
+	keyServerAddress  = string(semconv.ServerAddressKey)
+	keyServerPort     = string(semconv.ServerPortKey)
+	keyPeerAddress    = string(semconv.NetworkPeerAddressKey)
+	keyPeerPort       = string(semconv.NetworkPeerPortKey)
+	keyStatusCode     = string(semconv.HTTPResponseStatusCodeKey)
+	keyErrorType      = string(semconv.ErrorTypeKey)
+)
+
+// The RPC conventions' names of v1.37 (see the package comment).
+const (
+	keyRPCSystem  = "rpc.system"
+	keyRPCService = "rpc.service"
+	keyRPCMethod  = "rpc.method"
+	keyGRPCStatus = "rpc.grpc.status_code"
+)
+
+// appendStartAttrs writes the attributes known when the span started
+// (see the package comment for the choice of attributes).
+func appendStartAttrs(b []byte, s *Start, recommended bool) []byte {
+	if s.GRPC {
+		b = appendAttr(b, keyRPCSystem, "grpc")
+		if svc, m, ok := splitGRPCPath(s.Path); ok {
+			b = appendAttr(b, keyRPCService, svc)
+			b = appendAttr(b, keyRPCMethod, m)
+		}
+	} else {
+		if knownMethods[s.Method] {
+			b = appendAttr(b, keyMethod, s.Method)
+		} else {
+			b = appendAttr(b, keyMethod, "_OTHER")
+			b = appendAttr(b, keyMethodOriginal, s.Method)
+		}
+		path, _, _ := strings.Cut(s.Path, "?")
+		if s.Scheme != "" {
+			b = appendAttr(b, keyURLScheme, s.Scheme)
+		}
+		if path != "" {
+			b = appendAttr(b, keyURLPath, path)
+		}
+		if s.Kind == Client && s.Scheme != "" && s.Authority != "" {
+			b = appendAttr(b, keyURLFull, s.Scheme, "://", s.Authority, path)
+		}
+		if recommended && s.UserAgent != "" {
+			b = appendAttr(b, keyUserAgent, s.UserAgent)
+		}
+		if s.Route != "" {
+			b = appendAttr(b, keyRoute, s.Route)
+		}
+	}
+	if s.Authority != "" {
+		host, port := splitAuthority(s.Authority, s.Scheme)
+		b = appendAttr(b, keyServerAddress, host)
+		if port > 0 {
+			b = appendAttrInt(b, keyServerPort, int64(port))
+		}
+	}
+	if recommended && s.Kind != Client && s.Peer != "" {
+		b = appendPeerAttrs(b, s.Peer)
+	}
+	return b
+}
+
+// appendPeerAttrs writes network.peer.address and .port of "host:port"
+// (the address alone when it is not one).
+func appendPeerAttrs(b []byte, addr string) []byte {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return appendAttr(b, keyPeerAddress, addr)
+	}
+	b = appendAttr(b, keyPeerAddress, host)
+	if p, err := strconv.Atoi(port); err == nil && p > 0 && p < 65536 {
+		b = appendAttrInt(b, keyPeerPort, int64(p))
+	}
+	return b
+}
+
+// appendAttr writes Span.attributes (a KeyValue with a string AnyValue)
+// whose value is the concatenation of parts, without concatenating them.
+// The lengths are known up front, so nothing is moved afterwards.
+func appendAttr(b []byte, key string, parts ...string) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	val := 1 + protowire.SizeVarint(uint64(n)) + n // AnyValue.string_value = 1
+	kv := 1 + protowire.SizeVarint(uint64(len(key))) + len(key) + 1 + protowire.SizeVarint(uint64(val)) + val
+	b = protowire.AppendTag(b, 9, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(kv))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, key)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(val))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(n))
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// appendAttrInt writes Span.attributes with an int AnyValue.
+func appendAttrInt(b []byte, key string, v int64) []byte {
+	val := 1 + protowire.SizeVarint(uint64(v)) // AnyValue.int_value = 3
+	kv := 1 + protowire.SizeVarint(uint64(len(key))) + len(key) + 1 + protowire.SizeVarint(uint64(val)) + val
+	b = protowire.AppendTag(b, 9, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(kv))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, key)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(val))
+	b = protowire.AppendTag(b, 3, protowire.VarintType)
+	return protowire.AppendVarint(b, uint64(v))
 }
 
 // spanFlags are the W3C trace flags and the "knows whether the parent is

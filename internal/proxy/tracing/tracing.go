@@ -50,13 +50,15 @@
 // pays for again. Tracing at 100% cost 23% of the two-proxy throughput
 // that way (bench/RESULTS.md), against the 15%. Measured on one
 // sampled span (BenchmarkStartSpanSampled/request-path, the request
-// path alone): 1.7 µs and 9 allocations with the SDK, 0.7 µs and 2 here;
+// path alone): 1.7 µs and 9 allocations with the SDK, 0.6 µs and 2 here;
 // with export to an in-process collector (BenchmarkSpanExported, which
-// runs both side by side): 9.6 µs and 95 allocations with the SDK and
-// otlptracegrpc, 4.1 µs and 50 here, most of them the collector's
+// runs both side by side): 9.6-11.4 µs and 95 allocations with the SDK
+// and otlptracegrpc, 4.0 µs and 49 here, most of them the collector's
 // decoding. Here a span is a
 // small struct the data path fills; Finish encodes it once, with
-// protowire, straight into the pending OTLP request (record.go), and one
+// protowire, straight into the pending OTLP request (record.go: the
+// attributes too, from the request's own strings, with no
+// attribute.KeyValue in between), and one
 // goroutine sends that request to the collector in batches. What the SDK
 // still decides: sampling (sdktrace.TraceIDRatioBased for new traces,
 // ParentBased's rule for continued ones), and what reaches the collector
@@ -92,14 +94,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.opentelemetry.io/contrib/propagators/b3"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 )
@@ -235,16 +234,10 @@ type Span struct {
 	remote    bool         // the parent came from the request
 	name      string
 	start     time.Time
-	// attrs holds the start attributes until Finish encodes them with
-	// the end ones.
-	attrs *[]attribute.KeyValue
+	// st is the request as started; Finish encodes its attributes, so
+	// its strings must stay intact until then.
+	st Start
 }
-
-// attrPool recycles the attribute scratch slices of recording spans.
-var attrPool = sync.Pool{New: func() any {
-	a := make([]attribute.KeyValue, 0, 24)
-	return &a
-}}
 
 // TraceID and SpanID are lower-case hex ("" for a span with no context).
 // They cost no allocation.
@@ -276,48 +269,51 @@ func (s *Span) Finish(e End) {
 		return
 	}
 	s.recording = false
-	p := s.attrs
-	s.attrs = nil
-	attrs := *p
-	var st spanStatus
-	var errType string
+	en := ending{grpcStatus: -1}
 	if s.grpc {
 		if e.GRPCStatus >= 0 {
-			attrs = append(attrs, rpcGRPCStatusCode.Int(e.GRPCStatus))
+			en.grpcStatus = e.GRPCStatus
 			if grpcIsError(s.kind, e.GRPCStatus) {
-				st.code = statusError
-				errType = grpcCodeName(e.GRPCStatus)
+				en.code = statusError
+				en.errType = grpcCodeName(e.GRPCStatus)
 			}
 		} else if e.Status >= 400 {
-			st.code = statusError
-			errType = strconv.Itoa(e.Status)
+			en.code = statusError
+			en.errType = strconv.Itoa(e.Status)
 		}
 	} else if e.Status > 0 {
-		attrs = append(attrs, semconv.HTTPResponseStatusCode(e.Status))
+		en.httpStatus = e.Status
 		if e.Status >= 500 || (s.kind == Client && e.Status >= 400) {
-			st.code = statusError
-			errType = strconv.Itoa(e.Status)
+			en.code = statusError
+			en.errType = strconv.Itoa(e.Status)
 		}
 	}
 	if e.Err != nil {
-		st.code = statusError
-		st.desc = e.Err.Error()
-		errType = errorType(e.Err)
+		en.code = statusError
+		en.desc = e.Err.Error()
+		en.errType = errorType(e.Err)
 	}
-	if errType != "" {
-		attrs = append(attrs, semconv.ErrorTypeKey.String(errType))
+	if s.t.recommended && s.kind == Client {
+		en.peer = e.Upstream
 	}
-	if s.t.recommended && s.kind == Client && e.Upstream != "" {
-		attrs = appendPeer(attrs, e.Upstream)
+	en.time = e.Time
+	if en.time.IsZero() {
+		en.time = time.Now()
 	}
-	end := e.Time
-	if end.IsZero() {
-		end = time.Now()
-	}
-	s.t.q.add(s, attrs, end, st)
-	clear(attrs) // drop the request's strings
-	*p = attrs[:0]
-	attrPool.Put(p)
+	s.t.q.add(s, &en)
+	s.st = Start{} // drop the request's strings
+}
+
+// ending is what Finish adds to a span: the end time, the status and the
+// attributes known only then.
+type ending struct {
+	time       time.Time
+	code       uint64 // STATUS_CODE_UNSET (0) or statusError
+	desc       string
+	httpStatus int // 0: none
+	grpcStatus int // -1: none
+	errType    string
+	peer       string // network.peer.*, Client spans with RecommendedAttributes
 }
 
 // Tracer makes spans. Safe for concurrent use.
@@ -440,9 +436,7 @@ func (t *Tracer) Begin(out *Span, h Headers, s Start) {
 		if out.start.IsZero() {
 			out.start = time.Now()
 		}
-		p := attrPool.Get().(*[]attribute.KeyValue)
-		*p = startAttrs((*p)[:0], &s, t.recommended)
-		out.attrs = p
+		out.st = s
 	}
 
 	if in.b3 {
@@ -488,28 +482,31 @@ func parseTraceparent(v string) trace.SpanContext {
 	return trace.NewSpanContext(scc)
 }
 
-// hexPart decodes lower-case hex only, as the W3C format requires.
+// hexPart decodes lower-case hex only, as the W3C format requires. Every
+// other byte maps to 0xff in unhex, so one check of the OR of all the
+// nibbles finds any invalid one.
 func hexPart(dst []byte, s string) bool {
-	for i := 0; i < len(s); i += 2 {
-		hi, ok1 := unhex(s[i])
-		lo, ok2 := unhex(s[i+1])
-		if !ok1 || !ok2 {
-			return false
-		}
+	var bad byte
+	for i := 0; i+1 < len(s); i += 2 {
+		hi, lo := unhex[s[i]], unhex[s[i+1]]
 		dst[i/2] = hi<<4 | lo
+		bad |= hi | lo
 	}
-	return true
+	return bad&0xf0 == 0
 }
 
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
+var unhex = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
 	}
-	return 0, false
-}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = byte(c - '0')
+	}
+	for c := 'a'; c <= 'f'; c++ {
+		t[c] = byte(c - 'a' + 10)
+	}
+	return t
+}()
 
 // newTraceID and newSpanID draw random IDs as the SDK's default ID
 // generator does (math/rand/v2, which is lock-free), never all zeros.
@@ -573,13 +570,6 @@ func (c carrier) Get(k string) string { return c.h.Get(k) }
 func (c carrier) Set(k, v string)     { c.h.Set(k, v) }
 func (c carrier) Keys() []string      { return nil }
 
-var (
-	rpcSystemGRPC     = attribute.String("rpc.system", "grpc")
-	rpcService        = attribute.Key("rpc.service")
-	rpcMethod         = attribute.Key("rpc.method")
-	rpcGRPCStatusCode = attribute.Key("rpc.grpc.status_code")
-)
-
 // knownMethods are the methods of RFC 9110 and RFC 5789, the set the HTTP
 // conventions name; others are reported as "_OTHER".
 var knownMethods = map[string]bool{
@@ -612,48 +602,6 @@ func splitGRPCPath(p string) (svc, method string, ok bool) {
 	return svc, method, true
 }
 
-func startAttrs(a []attribute.KeyValue, s *Start, recommended bool) []attribute.KeyValue {
-	if s.GRPC {
-		a = append(a, rpcSystemGRPC)
-		if svc, m, ok := splitGRPCPath(s.Path); ok {
-			a = append(a, rpcService.String(svc), rpcMethod.String(m))
-		}
-	} else {
-		if knownMethods[s.Method] {
-			a = append(a, semconv.HTTPRequestMethodKey.String(s.Method))
-		} else {
-			a = append(a, semconv.HTTPRequestMethodOther, semconv.HTTPRequestMethodOriginal(s.Method))
-		}
-		path, _, _ := strings.Cut(s.Path, "?")
-		if s.Scheme != "" {
-			a = append(a, semconv.URLScheme(s.Scheme))
-		}
-		if path != "" {
-			a = append(a, semconv.URLPath(path))
-		}
-		if s.Kind == Client && s.Scheme != "" && s.Authority != "" {
-			a = append(a, semconv.URLFull(s.Scheme+"://"+s.Authority+path))
-		}
-		if recommended && s.UserAgent != "" {
-			a = append(a, semconv.UserAgentOriginal(s.UserAgent))
-		}
-		if s.Route != "" {
-			a = append(a, semconv.HTTPRoute(s.Route))
-		}
-	}
-	if s.Authority != "" {
-		host, port := splitAuthority(s.Authority, s.Scheme)
-		a = append(a, semconv.ServerAddress(host))
-		if port > 0 {
-			a = append(a, semconv.ServerPort(port))
-		}
-	}
-	if recommended && s.Kind != Client && s.Peer != "" {
-		a = appendPeer(a, s.Peer)
-	}
-	return a
-}
-
 // splitAuthority returns the host and port of an authority, the port
 // defaulting by scheme (0 when unknown).
 func splitAuthority(auth, scheme string) (string, int) {
@@ -671,18 +619,6 @@ func splitAuthority(auth, scheme string) (string, int) {
 		return host, 443
 	}
 	return host, 0
-}
-
-func appendPeer(a []attribute.KeyValue, addr string) []attribute.KeyValue {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return append(a, semconv.NetworkPeerAddress(addr))
-	}
-	a = append(a, semconv.NetworkPeerAddress(host))
-	if p, err := strconv.Atoi(port); err == nil && p > 0 && p < 65536 {
-		a = append(a, semconv.NetworkPeerPort(p))
-	}
-	return a
 }
 
 // grpcIsError follows the RPC conventions' gRPC table: a server reports
