@@ -288,3 +288,20 @@ func FuzzRFC3339Nano(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPlainPrefix: the eight-bytes-at-a-time scan stops where the
+// byte-at-a-time one does.
+func FuzzPlainPrefix(f *testing.F) {
+	for _, s := range []string{"", "GET", "/reviews/1?x=\"y\"", "a\\b", "0123456789abcdef\x1f", "héllo wörld, long enough", "\x7f\x80abcdefgh", "abcdefg\""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want := 0
+		for want < len(s) && s[want] < utf8.RuneSelf && plain[s[want]] {
+			want++
+		}
+		if got := plainPrefix(s); got != want {
+			t.Fatalf("plainPrefix(%q) = %d, want %d", s, got, want)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 package observe
 
 import (
+	"encoding/binary"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -15,40 +16,40 @@ import (
 func appendRequestLine(b []byte, r *Request) []byte {
 	e := r.Edge
 	b = appendCommon(b, r.Start, r.Duration, e)
-	b = appendStringField(b, "method", r.Method)
-	b = appendStringField(b, "authority", r.Authority)
-	b = appendStringField(b, "path", r.Path)
-	b = appendIntField(b, "status", int64(r.Status))
-	b = appendStringField(b, "grpc_status", grpcName(r.GRPCStatus))
-	b = appendIntField(b, "bytes_received", r.BytesIn)
-	b = appendIntField(b, "bytes_sent", r.BytesOut)
+	b = appendStringField(b, `,"method":`, r.Method)
+	b = appendStringField(b, `,"authority":`, r.Authority)
+	b = appendStringField(b, `,"path":`, r.Path)
+	b = appendIntField(b, `,"status":`, int64(r.Status))
+	b = appendStringField(b, `,"grpc_status":`, grpcName(r.GRPCStatus))
+	b = appendIntField(b, `,"bytes_received":`, r.BytesIn)
+	b = appendIntField(b, `,"bytes_sent":`, r.BytesOut)
 	b = appendPeers(b, e)
-	b = appendStringField(b, "upstream_host", r.Upstream)
-	b = appendStringField(b, "route", e.Route)
-	b = appendIntField(b, "retries", int64(r.Retries))
-	b = appendStringField(b, "response_flags", r.Flags)
-	b = appendStringField(b, "trace_id", r.TraceID)
-	b = appendStringField(b, "span_id", r.SpanID)
-	b = appendStringField(b, "request_id", r.RequestID)
-	b = appendStringField(b, "user_agent", r.UserAgent)
+	b = appendStringField(b, `,"upstream_host":`, r.Upstream)
+	b = appendStringField(b, `,"route":`, e.Route)
+	b = appendIntField(b, `,"retries":`, int64(r.Retries))
+	b = appendStringField(b, `,"response_flags":`, r.Flags)
+	b = appendStringField(b, `,"trace_id":`, r.TraceID)
+	b = appendStringField(b, `,"span_id":`, r.SpanID)
+	b = appendStringField(b, `,"request_id":`, r.RequestID)
+	b = appendStringField(b, `,"user_agent":`, r.UserAgent)
 	return append(b, "}\n"...)
 }
 
 func appendConnLine(b []byte, c *Conn) []byte {
 	e := c.Edge
 	b = appendCommon(b, c.Start, c.Duration, e)
-	b = appendIntField(b, "bytes_received", c.BytesIn)
-	b = appendIntField(b, "bytes_sent", c.BytesOut)
+	b = appendIntField(b, `,"bytes_received":`, c.BytesIn)
+	b = appendIntField(b, `,"bytes_sent":`, c.BytesOut)
 	b = appendPeers(b, e)
-	b = appendStringField(b, "upstream_host", c.Upstream)
-	b = appendStringField(b, "route", e.Route)
+	b = appendStringField(b, `,"upstream_host":`, c.Upstream)
+	b = appendStringField(b, `,"route":`, e.Route)
 	flags := c.Flags
 	if c.Failed && flags == "" {
 		// Envoy's flag for "no upstream connection could be made",
 		// which is what Failed means.
 		flags = "UF"
 	}
-	b = appendStringField(b, "response_flags", flags)
+	b = appendStringField(b, `,"response_flags":`, flags)
 	return append(b, "}\n"...)
 }
 
@@ -58,8 +59,8 @@ func appendCommon(b []byte, start time.Time, d time.Duration, e *Edge) []byte {
 	b = appendRFC3339Nano(b, start)
 	b = append(b, `","duration_ms":`...)
 	b = appendMillis(b, d)
-	b = appendStringField(b, "direction", e.Direction)
-	return appendStringField(b, "protocol", e.Protocol)
+	b = appendStringField(b, `,"direction":`, e.Direction)
+	return appendStringField(b, `,"protocol":`, e.Protocol)
 }
 
 // secondPrefix is the "2006-01-02T15:04:05" of one second, UTC.
@@ -115,24 +116,19 @@ func appendMillis(b []byte, d time.Duration) []byte {
 }
 
 func appendPeers(b []byte, e *Edge) []byte {
-	b = appendStringField(b, "source", e.Source.Service)
-	b = appendStringField(b, "source_identity", e.Source.Identity)
-	return appendStringField(b, "destination", e.Destination.Service)
+	b = appendStringField(b, `,"source":`, e.Source.Service)
+	b = appendStringField(b, `,"source_identity":`, e.Source.Identity)
+	return appendStringField(b, `,"destination":`, e.Destination.Service)
 }
 
-// appendStringField appends `,"name":"value"`; name must need no escaping.
-func appendStringField(b []byte, name, v string) []byte {
-	b = append(b, ',', '"')
-	b = append(b, name...)
-	b = append(b, '"', ':')
-	return appendJSONString(b, v)
+// appendStringField appends key (`,"name":`, a constant so that the line
+// costs one append per field name) and v as a JSON string.
+func appendStringField(b []byte, key, v string) []byte {
+	return appendJSONString(append(b, key...), v)
 }
 
-func appendIntField(b []byte, name string, v int64) []byte {
-	b = append(b, ',', '"')
-	b = append(b, name...)
-	b = append(b, '"', ':')
-	return strconv.AppendInt(b, v, 10)
+func appendIntField(b []byte, key string, v int64) []byte {
+	return strconv.AppendInt(append(b, key...), v, 10)
 }
 
 const hexDigits = "0123456789abcdef"
@@ -153,8 +149,15 @@ var plain = func() (t [utf8.RuneSelf]bool) {
 // whatever a client put in its request line.
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
+	// Most values (methods, hosts, paths, IDs) need no escaping: find the
+	// first byte that might, eight at a time.
+	i := plainPrefix(s)
+	if i == len(s) {
+		b = append(b, s...)
+		return append(b, '"')
+	}
 	start := 0
-	for i := 0; i < len(s); {
+	for i < len(s) {
 		c := s[i]
 		if c < utf8.RuneSelf {
 			if plain[c] {
@@ -195,4 +198,26 @@ func appendJSONString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// plainPrefix is the length of s's prefix of printable ASCII other than
+// '"' and '\\'. It tests eight bytes per step (the SWAR "has a byte less
+// than n" and "has a byte equal to n" tricks) and the rest one by one.
+func plainPrefix(s string) int {
+	const (
+		lo = 0x0101010101010101
+		hi = 0x8080808080808080
+	)
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		x := binary.LittleEndian.Uint64([]byte(s[i : i+8]))
+		quote, bslash := x^(lo*'"'), x^(lo*'\\')
+		special := (x - lo*0x20) | (quote-lo)&^quote | (bslash-lo)&^bslash | x
+		if special&hi != 0 {
+			break
+		}
+	}
+	for ; i < len(s) && s[i] < utf8.RuneSelf && plain[s[i]]; i++ {
+	}
+	return i
 }
