@@ -380,15 +380,8 @@ func appendAttr(b []byte, key string, parts ...string) []byte {
 	for _, p := range parts {
 		n += len(p)
 	}
-	val := 1 + protowire.SizeVarint(uint64(n)) + n // AnyValue.string_value = 1
-	kv := 1 + protowire.SizeVarint(uint64(len(key))) + len(key) + 1 + protowire.SizeVarint(uint64(val)) + val
-	b = protowire.AppendTag(b, 9, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(kv))
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	b = protowire.AppendString(b, key)
-	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(val))
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = appendAttrHead(b, key, 1+protowire.SizeVarint(uint64(n))+n)
+	b = protowire.AppendTag(b, 1, protowire.BytesType) // AnyValue.string_value
 	b = protowire.AppendVarint(b, uint64(n))
 	for _, p := range parts {
 		b = append(b, p...)
@@ -398,16 +391,21 @@ func appendAttr(b []byte, key string, parts ...string) []byte {
 
 // appendAttrInt writes Span.attributes with an int AnyValue.
 func appendAttrInt(b []byte, key string, v int64) []byte {
-	val := 1 + protowire.SizeVarint(uint64(v)) // AnyValue.int_value = 3
+	b = appendAttrHead(b, key, 1+protowire.SizeVarint(uint64(v)))
+	b = protowire.AppendTag(b, 3, protowire.VarintType) // AnyValue.int_value
+	return protowire.AppendVarint(b, uint64(v))
+}
+
+// appendAttrHead writes a KeyValue's tag, length and key, and the tag and
+// length of its AnyValue, whose encoding is val bytes long.
+func appendAttrHead(b []byte, key string, val int) []byte {
 	kv := 1 + protowire.SizeVarint(uint64(len(key))) + len(key) + 1 + protowire.SizeVarint(uint64(val)) + val
 	b = protowire.AppendTag(b, 9, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(kv))
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	b = protowire.AppendString(b, key)
 	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(val))
-	b = protowire.AppendTag(b, 3, protowire.VarintType)
-	return protowire.AppendVarint(b, uint64(v))
+	return protowire.AppendVarint(b, uint64(val))
 }
 
 // spanFlags are the W3C trace flags and the "knows whether the parent is
