@@ -26,6 +26,7 @@ type options struct {
 	warmup, duration time.Duration
 	maxRequests      int64
 	cases            *regexp.Regexp
+	loads            *regexp.Regexp // names of the loads to run
 	http, grpc       bool
 	proxyBinary      string
 	root             string
@@ -345,6 +346,9 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 
 	for _, p := range r.protocols {
 		for li, l := range loads {
+			if !o.loads.MatchString(l.name) {
+				continue
+			}
 			// The open loop and the 64-connection closed loop (whose
 			// ratios between Verge cases are floors) run in interleaved
 			// rounds: one sample per case is at the mercy of whatever else

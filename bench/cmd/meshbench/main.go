@@ -37,12 +37,13 @@ func main() {
 		return
 	}
 	var o options
-	var cases, protocols string
+	var cases, protocols, loadsRE string
 	flag.StringVar(&o.out, "o", "", "also write the report to this file")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unrecorded warm-up before each measurement")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "recorded time of each measurement")
 	flag.Int64Var(&o.maxRequests, "max-requests", 5_000_000, "cap on recorded requests per measurement")
 	flag.StringVar(&cases, "cases", "", "regexp: run only the cases whose key matches (direct, stock1, stock2, stock2-tuned, haproxy2, verge1, verge2, verge2-mtls, verge2-policy, verge2-telemetry-off, verge2-metrics-logs, verge2-trace1, verge2-trace100; e.g. 'verge2-(telemetry|metrics|trace)' for issue 6's telemetry cases)")
+	flag.StringVar(&loadsRE, "loads", "", "regexp: run only the loads whose name matches (e.g. '64 connections' for the load of the Verge-to-Verge throughput floors)")
 	flag.StringVar(&protocols, "protocols", "http,grpc", "protocols to measure: http, grpc or both")
 	flag.StringVar(&o.proxyBinary, "proxy-binary", "verge-proxy", "binary that runs the Verge proxies: verge-proxy or verge (as `verge proxy`)")
 	flag.StringVar(&o.root, "root", "", "root of the Verge module (where go.mod is); default: the module of the current directory")
@@ -62,6 +63,9 @@ func main() {
 	var err error
 	if o.cases, err = regexp.Compile(cases); err != nil {
 		fatal(fmt.Errorf("-cases %q: %w", cases, err))
+	}
+	if o.loads, err = regexp.Compile(loadsRE); err != nil {
+		fatal(fmt.Errorf("-loads %q: %w", loadsRE, err))
 	}
 	for p := range strings.SplitSeq(protocols, ",") {
 		switch strings.TrimSpace(p) {
