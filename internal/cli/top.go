@@ -22,11 +22,15 @@ import (
 // topSorts orders services (and edges) for `verge top`: the busiest, the
 // least successful or the slowest first, or by name.
 var topSorts = map[string]func(a, b telemetry.Golden) int{
-	"rps":     func(a, b telemetry.Golden) int { return cmp.Compare(b.RequestRate, a.RequestRate) },
-	"success": func(a, b telemetry.Golden) int { return cmp.Compare(a.SuccessRate, b.SuccessRate) },
-	"p50":     func(a, b telemetry.Golden) int { return cmp.Compare(b.P50, a.P50) },
-	"p99":     func(a, b telemetry.Golden) int { return cmp.Compare(b.P99, a.P99) },
-	"name":    func(telemetry.Golden, telemetry.Golden) int { return 0 },
+	"rps": func(a, b telemetry.Golden) int { return cmp.Compare(b.RequestRate, a.RequestRate) },
+	// Least successful first; without requests there is no rate, and
+	// such rows go last rather than pass for 0%.
+	"success": func(a, b telemetry.Golden) int {
+		return cmp.Or(cmp.Compare(min(b.Requests, 1), min(a.Requests, 1)), cmp.Compare(a.SuccessRate, b.SuccessRate))
+	},
+	"p50":  func(a, b telemetry.Golden) int { return cmp.Compare(b.P50, a.P50) },
+	"p99":  func(a, b telemetry.Golden) int { return cmp.Compare(b.P99, a.P99) },
+	"name": func(telemetry.Golden, telemetry.Golden) int { return 0 },
 }
 
 // clearScreen moves the cursor home and clears the terminal, so that each
@@ -46,7 +50,11 @@ func newTopCommand(e *env) *cobra.Command {
 until interrupted: per service the requests per second it served, the
 share that succeeded, its median and 99th percentile latency and how many
 of its proxies report; with --edges also every caller → callee edge as the
-caller saw it (CROSS marks edges between zones).`,
+caller saw it (CROSS marks edges between zones).
+
+Keys re-sort the live table: r by request rate, s by success rate, 5 by
+p50, 9 by p99, n by name; e shows or hides the edges, space refreshes now,
+q quits.`,
 		Example: `  verge top
   verge top --sort success --edges
   verge top --once --window 5m`,
@@ -59,29 +67,64 @@ caller saw it (CROSS marks edges between zones).`,
 				return usageError("--window and --interval must be positive")
 			}
 			q := url.Values{"window": {window.String()}}
-			for {
+			fetch := func() (telemetry.Topology, error) {
 				var topo telemetry.Topology
 				ctx, cancel := withTimeout(cmd)
-				err := e.getJSON(ctx, telemetry.TopologyPath, q, &topo)
-				cancel()
+				defer cancel()
+				return topo, e.getJSON(ctx, telemetry.TopologyPath, q, &topo)
+			}
+			if once {
+				topo, err := fetch()
 				if err != nil {
 					return err
 				}
-				if !once {
-					fmt.Fprint(e.out, clearScreen)
-					fmt.Fprintf(e.out, "verge top: %d services, %d edges over %s, by %s, at %s (Ctrl-C to quit)\n\n",
-						len(topo.Nodes), len(topo.Edges), topo.Window, sortBy, topo.Generated.Local().Format(time.TimeOnly))
-				}
-				if err := printTop(e.out, topo, sortBy, edges); err != nil {
-					return err
-				}
-				if once {
-					return nil
+				return printTop(e.out, topo, sortBy, edges)
+			}
+			var keys <-chan byte
+			if e.in != nil {
+				restore := keyMode(e.in)
+				defer restore()
+				stop := make(chan struct{})
+				defer close(stop)
+				keys = readKeys(e.in, stop)
+			}
+			v := topView{sortBy: sortBy, edges: edges}
+			refresh := time.NewTimer(0)
+			defer refresh.Stop()
+			for {
+				// Keys wait for the first table: there is nothing to
+				// re-sort before it.
+				ks := keys
+				if !v.fetched {
+					ks = nil
 				}
 				select {
 				case <-cmd.Context().Done():
 					return nil
-				case <-time.After(interval):
+				case <-refresh.C:
+					topo, err := fetch()
+					if err != nil {
+						return err
+					}
+					v.topo, v.fetched = topo, true
+					refresh.Reset(interval)
+				case k, ok := <-ks:
+					if !ok {
+						keys = nil // stdin ended: no more keys, keep refreshing
+						continue
+					}
+					switch v.key(k) {
+					case keyQuit:
+						return nil
+					case keyRefresh:
+						refresh.Reset(0)
+						continue
+					case keyNone:
+						continue
+					}
+				}
+				if err := v.draw(e.out); err != nil {
+					return err
 				}
 			}
 		},
@@ -93,6 +136,82 @@ caller saw it (CROSS marks edges between zones).`,
 	f.DurationVar(&interval, "interval", 2*time.Second, "time between refreshes")
 	f.BoolVar(&edges, "edges", false, "also show caller → callee edges")
 	return cmd
+}
+
+// topView is what the live `verge top` shows; keys change it between
+// refreshes.
+type topView struct {
+	topo    telemetry.Topology
+	fetched bool
+	sortBy  string
+	edges   bool
+}
+
+type keyAction int
+
+const (
+	keyNone    keyAction = iota // not a key of top's
+	keyRedraw                   // the view changed
+	keyRefresh                  // fetch now
+	keyQuit
+)
+
+// topKeys are the sort keys, as top(1) and htop let a user re-sort
+// without restarting: the first letter of the column, 5 and 9 for the
+// percentiles.
+var topKeys = map[byte]string{'r': "rps", 's': "success", '5': "p50", '9': "p99", 'n': "name"}
+
+func (v *topView) key(k byte) keyAction {
+	if by, ok := topKeys[k]; ok {
+		v.sortBy = by
+		return keyRedraw
+	}
+	switch k {
+	case 'e':
+		v.edges = !v.edges
+		return keyRedraw
+	case ' ', '\n', '\r':
+		return keyRefresh
+	case 'q', 'Q':
+		return keyQuit
+	}
+	return keyNone
+}
+
+func (v *topView) draw(w io.Writer) error {
+	if !v.fetched {
+		return nil
+	}
+	fmt.Fprint(w, clearScreen)
+	fmt.Fprintf(w, "verge top: %d services, %d edges over %s, by %s, at %s\n"+
+		"keys: r rps · s success · 5 p50 · 9 p99 · n name · e edges · space refresh · q quit\n\n",
+		len(v.topo.Nodes), len(v.topo.Edges), v.topo.Window, v.sortBy, v.topo.Generated.Local().Format(time.TimeOnly))
+	return printTop(w, v.topo, v.sortBy, v.edges)
+}
+
+// readKeys delivers the bytes read from in, one at a time, until in ends
+// or fails, or stop is closed. A goroutine blocked reading a terminal
+// outlives the command; the process exits soon after.
+func readKeys(in io.Reader, stop <-chan struct{}) <-chan byte {
+	ch := make(chan byte, 16)
+	go func() {
+		defer close(ch)
+		buf := make([]byte, 64)
+		for {
+			n, err := in.Read(buf)
+			for _, b := range buf[:n] {
+				select {
+				case ch <- b:
+				case <-stop:
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
 }
 
 func printTop(w io.Writer, topo telemetry.Topology, sortBy string, edges bool) error {

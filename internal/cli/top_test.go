@@ -70,6 +70,28 @@ unknown      api.default  grpc      1.00  100.00%  750µs  995µs  -→b
 	if lines := strings.Split(got, "\n"); len(lines) != 5 || !strings.HasPrefix(lines[1], "api.default  1.50") {
 		t.Errorf("verge top --sort name --window 2m:\n%s", got)
 	}
+	// Live: keys re-sort the table (s), show the edges (e), ignore what
+	// is not a key (x) and quit (q); the hour-long interval means no
+	// refresh comes between them.
+	got = mustRun(t, url, "sxeq", "top", "--interval", "1h")
+	frames := strings.Split(got, clearScreen)
+	if len(frames) != 4 || frames[0] != "" {
+		t.Fatalf("verge top with keys s, x, e, q: want 3 tables, got %d:\n%s", len(frames)-1, got)
+	}
+	for i, want := range []struct {
+		by    string
+		edges bool
+		first string
+	}{{"rps", false, "api.default"}, {"success", false, "api.default"}, {"success", true, "api.default"}} {
+		f := frames[i+1]
+		if !strings.Contains(f, ", by "+want.by+", ") || strings.Contains(f, "SOURCE") != want.edges {
+			t.Errorf("table %d: want sort %s, edges %v:\n%s", i+1, want.by, want.edges, f)
+		}
+		lines := strings.Split(f, "\n")
+		if len(lines) < 5 || !strings.HasPrefix(lines[4], want.first) {
+			t.Errorf("table %d: first row is not %s:\n%s", i+1, want.first, f)
+		}
+	}
 	if _, _, err := run(t, url, "", "top", "--once", "--sort", "fastest"); ExitCode(err) != 2 {
 		t.Errorf("bad --sort: err %v, want usage error", err)
 	}
