@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -101,6 +102,8 @@ func (c *caseDef) addr(p load.Protocol) string {
 type cell struct {
 	res       *load.Result
 	cpuPerReq float64 // µs per request; NaN when unknown
+	// cpuByProc splits cpuPerReq by the case's pids (same order).
+	cpuByProc []float64
 	maxRSS    []int64 // per vergeProxies entry
 	// logBytes is how much the case's access logs grew over the recorded
 	// window; -1 when the case has none.
@@ -375,7 +378,7 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 					}
 					logger.Info("measured", append(attrs, "rps", int(m.res.RequestsPerSecond()),
 						"p50", m.res.Latency.Quantile(0.5), "p50_from_send", m.res.Service.Quantile(0.5), "p99", m.res.Latency.Quantile(0.99),
-						"cpu_us_per_req", math.Round(m.cpuPerReq), "errors", m.res.Errors)...)
+						"cpu_us_per_req", math.Round(m.cpuPerReq), "cpu_by_process", fmtSplit(m.cpuByProc), "errors", m.res.Errors)...)
 				}
 			}
 			for _, c := range r.cases {
@@ -486,7 +489,7 @@ func setupVerge(ctx context.Context, o options, dir, bHTTP, bGRPC string, procs 
 // of its Verge proxies.
 func measure(ctx context.Context, o options, c *caseDef, p load.Protocol, l loadDef) *cell {
 	m := &cell{cpuPerReq: math.NaN(), maxRSS: make([]int64, len(c.vergeProxies)), logBytes: -1}
-	var cpu0 time.Duration
+	var cpu0 []time.Duration
 	var log0 int64
 	var cpuErr error
 	sampleCtx, stopSampling := context.WithCancel(ctx)
@@ -511,11 +514,11 @@ func measure(ctx context.Context, o options, c *caseDef, p load.Protocol, l load
 		Protocol: p, Addr: c.addr(p), Connections: l.conns, Rate: l.rate,
 		Warmup: o.warmup, Duration: o.duration, MaxRequests: o.maxRequests,
 		OnMeasureStart: func() {
-			cpu0, cpuErr = totalCPU(c.pids)
+			cpu0, cpuErr = cpuTimes(c.pids)
 			log0 = logSizes(c.logs)
 		},
 	})
-	cpu1, cpuErr1 := totalCPU(c.pids)
+	cpu1, cpuErr1 := cpuTimes(c.pids)
 	if len(c.logs) > 0 {
 		m.logBytes = logSizes(c.logs) - log0
 		if terr := truncateLogs(c.logs); terr != nil && err == nil {
@@ -530,7 +533,14 @@ func measure(ctx context.Context, o options, c *caseDef, p load.Protocol, l load
 	}
 	m.res = res
 	if n := res.Requests + res.Errors; n > 0 && errors.Join(cpuErr, cpuErr1) == nil {
-		m.cpuPerReq = float64((cpu1 - cpu0).Microseconds()) / float64(n)
+		var sum time.Duration
+		m.cpuByProc = make([]float64, len(c.pids))
+		for i := range c.pids {
+			d := cpu1[i] - cpu0[i]
+			sum += d
+			m.cpuByProc[i] = float64(d.Microseconds()) / float64(n)
+		}
+		m.cpuPerReq = float64(sum.Microseconds()) / float64(n)
 	}
 	return m
 }
@@ -553,4 +563,15 @@ func medianCell(ms []*cell, closed bool) *cell {
 		return cmp.Compare(a.res.Service.Quantile(0.5), b.res.Service.Quantile(0.5))
 	})
 	return ok[len(ok)/2]
+}
+
+// fmtSplit formats a cell's CPU µs/req per process, in the order of the
+// case's pids (for Verge 2 hops: backend, server-side proxy, client-side
+// proxy, control plane).
+func fmtSplit(us []float64) string {
+	parts := make([]string, len(us))
+	for i, v := range us {
+		parts[i] = strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	return strings.Join(parts, "/")
 }

@@ -172,17 +172,17 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
 
-// totalCPU sums cpuTime over pids.
-func totalCPU(pids []int) (time.Duration, error) {
-	var sum time.Duration
-	for _, pid := range pids {
+// cpuTimes is the CPU time of each of pids.
+func cpuTimes(pids []int) ([]time.Duration, error) {
+	ts := make([]time.Duration, len(pids))
+	for i, pid := range pids {
 		d, err := cpuTime(pid)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		sum += d
+		ts[i] = d
 	}
-	return sum, nil
+	return ts, nil
 }
 
 // rss is VmRSS of pid in bytes, from /proc/PID/status.
