@@ -174,6 +174,9 @@ type cluster struct {
 	// zones maps endpoint address to zone, for telemetry; nil when no
 	// endpoint has one.
 	zones map[string]string
+	// edges memoizes the edge of the cluster's last request, for
+	// telemetry.
+	edges edgeMemo
 }
 
 // zoneOf is the zone of the endpoint at addr ("" when unknown).

@@ -66,15 +66,11 @@ func (r h1Router) observeH1(req *h1.Request, d h1.Decision, lt *listenerTelemetr
 	if lt.inbound {
 		// The h1 engine serves plaintext connections only: the caller
 		// cannot be named.
-		x.edge = lt.edge(info.route, "http", sourcePeer("", "", ""))
+		x.edge = lt.unnamedSourceEdge(info.route, "http")
+	} else if info.cl != nil {
+		x.edge = info.cl.outboundEdge(lt, info.route, "http", d.Addr)
 	} else {
-		var peer observe.Peer
-		if info.cl != nil {
-			peer = clusterPeer(info.cl.name, info.cl.zoneOf(d.Addr))
-		} else {
-			peer = observe.Peer{Service: unknownPeer}
-		}
-		x.edge = lt.edge(info.route, "http", peer)
+		x.edge = lt.edge(info.route, "http", observe.Peer{Service: unknownPeer})
 	}
 	if lt.tracer != nil {
 		kind := tracing.Client

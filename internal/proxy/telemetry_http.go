@@ -54,21 +54,21 @@ func (h listenerHandler) serveObserved(w http.ResponseWriter, r *http.Request, l
 			aborted = true
 			defer panic(v)
 		}
-		var peer observe.Peer
+		var edge *observe.Edge
 		switch {
 		case lt.inbound:
-			peer = sourcePeer(src.principal, src.service, src.zone)
+			edge = lt.edge(info.route, proto, sourcePeer(src.principal, src.service, src.zone))
 		case info.cl != nil:
-			peer = clusterPeer(info.cl.name, info.cl.zoneOf(info.addr))
+			edge = info.cl.outboundEdge(lt, info.route, proto, info.addr)
 		default:
-			peer = observe.Peer{Service: unknownPeer}
+			edge = lt.edge(info.route, proto, observe.Peer{Service: unknownPeer})
 		}
 		grpcStatus := -1
 		if grpc {
 			grpcStatus = grpcCodeOf(rec.grpcStatus())
 		}
 		o := observe.Request{
-			Edge:       lt.edge(info.route, proto, peer),
+			Edge:       edge,
 			Start:      start,
 			Duration:   now.Sub(start),
 			Status:     status,
