@@ -39,6 +39,11 @@ type options struct {
 	// more than within one 5 s measurement, so the latency floor takes the
 	// median over rounds that alternate the cases.
 	rounds int
+	// pairs is how many back-to-back pairs measure each throughput floor
+	// (0: the floors take the rounds' ratios); pairDuration is the
+	// recorded time of each side.
+	pairs        int
+	pairDuration time.Duration
 }
 
 // Loopback addresses of the non-Verge processes.
@@ -389,6 +394,9 @@ func run(ctx context.Context, o options, logger *slog.Logger) error {
 			}
 		}
 	}
+	if err := measurePairs(ctx, o, r, logger); err != nil {
+		return err
+	}
 	for _, c := range r.cases {
 		for _, p := range c.vergeProxies {
 			if !p.alive() {
@@ -574,4 +582,55 @@ func fmtSplit(us []float64) string {
 		parts[i] = strconv.FormatFloat(v, 'f', 1, 64)
 	}
 	return strings.Join(parts, "/")
+}
+
+// measurePairs measures each throughput floor's two cases back to back,
+// o.pairs times, alternating which goes first. A floor's margin (5% for
+// the access logs) is smaller than how much this machine's speed drifts
+// over the minute a round of every case takes; two measurements a few
+// seconds apart see nearly the same machine.
+func measurePairs(ctx context.Context, o options, r *report, logger *slog.Logger) error {
+	if o.pairs <= 0 || !o.http || !o.loads.MatchString(loads[closed64].name) {
+		return nil
+	}
+	po := o
+	po.duration = o.pairDuration
+	ready := func(key string) *caseDef {
+		for _, c := range r.cases {
+			if c.key == key && c.setupErr == nil && c.http != "" {
+				return c
+			}
+		}
+		return nil
+	}
+	for _, tf := range throughputFloors {
+		num, den := ready(tf.num), ready(tf.den)
+		if num == nil || den == nil {
+			continue
+		}
+		for i := range o.pairs {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var s pairSample
+			if i%2 == 0 {
+				s.den = measure(ctx, po, den, load.HTTP1, loads[closed64])
+				s.num = measure(ctx, po, num, load.HTTP1, loads[closed64])
+			} else {
+				s.num = measure(ctx, po, num, load.HTTP1, loads[closed64])
+				s.den = measure(ctx, po, den, load.HTTP1, loads[closed64])
+			}
+			key := tf.num + "/" + tf.den
+			r.pairs[key] = append(r.pairs[key], s)
+			if err := errors.Join(s.num.err, s.den.err); err != nil {
+				logger.Warn("pair measurement failed", "floor", tf.name, "pair", i+1, "error", err)
+				continue
+			}
+			logger.Info("measured pair", "floor", tf.name, "pair", i+1,
+				"ratio", fmt.Sprintf("%.3f", s.num.res.RequestsPerSecond()/s.den.res.RequestsPerSecond()),
+				"num_rps", int(s.num.res.RequestsPerSecond()), "den_rps", int(s.den.res.RequestsPerSecond()),
+				"num_cpu", fmtSplit(s.num.cpuByProc), "den_cpu", fmtSplit(s.den.cpuByProc))
+		}
+	}
+	return nil
 }

@@ -49,6 +49,8 @@ func main() {
 	flag.StringVar(&o.root, "root", "", "root of the Verge module (where go.mod is); default: the module of the current directory")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory with logs and data")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of the open-loop and 64-connection loads (the latency and Verge-to-Verge throughput floors take their medians)")
+	flag.IntVar(&o.pairs, "pairs", 9, "back-to-back pairs that measure each Verge-to-Verge throughput floor (0: take the rounds' ratios)")
+	flag.DurationVar(&o.pairDuration, "pair-duration", 2*time.Second, "recorded time of each side of a pair")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip the 100 services × 10 endpoints memory measurement")
 	flag.BoolVar(&o.skipTopology, "skip-topology", false, "skip the topology API benchmark ("+topologyCommand+") run after the loads")
 	flag.Parse()

@@ -402,3 +402,29 @@ func TestAccessLogAccounting(t *testing.T) {
 		t.Errorf("logSizes after truncate and append = %d, want 4", got)
 	}
 }
+
+// TestPairedFloors: when the run measured a floor's cases in back-to-back
+// pairs, the floor is their median ratio, not the rounds'.
+func TestPairedFloors(t *testing.T) {
+	const closed64 = 2
+	off, logs := "verge2-telemetry-off", "verge2-metrics-logs"
+	r := newReport(options{http: true, cases: regexp.MustCompile(""), pairs: 3})
+	for key, rps := range map[string]float64{off: 10000, logs: 9000} {
+		k := cellKey{load.HTTP1, closed64, key}
+		r.rounds[k] = []*cell{rpsCell(rps)}
+		r.cells[k] = r.rounds[k][0]
+	}
+	name := "Metrics and access logs cost"
+	if got := floorResults(t, r, name)[name]; got != "FAIL" {
+		t.Fatalf("rounds alone at 0.90: %s, want FAIL", got)
+	}
+	for _, p := range [][2]float64{{9600, 10000}, {9000, 10000}, {9700, 10000}} {
+		r.pairs[logs+"/"+off] = append(r.pairs[logs+"/"+off], pairSample{num: rpsCell(p[0]), den: rpsCell(p[1])})
+	}
+	if got := floorResults(t, r, name)[name]; got != "PASS" {
+		t.Errorf("pairs 0.96, 0.90, 0.97: %s, want PASS (median 0.96)", got)
+	}
+	if md := r.markdown(); !strings.Contains(md, "0.96, median of 3 back-to-back pairs: 0.96; 0.90; 0.97") {
+		t.Errorf("floor value does not show the pairs:\n%s", md)
+	}
+}
