@@ -145,23 +145,7 @@ var throughputFloors = []throughputFloor{
 type pairSample struct{ num, den *cell }
 
 func (r *report) pairRatio(num, den string) (roundRatio, bool) {
-	var ratios []float64
-	q := roundRatio{paired: true}
-	for _, s := range r.pairs[num+"/"+den] {
-		n, d := s.num, s.den
-		if n == nil || d == nil || n.err != nil || d.err != nil || n.res == nil || d.res == nil || d.res.RequestsPerSecond() == 0 {
-			continue
-		}
-		x := n.res.RequestsPerSecond() / d.res.RequestsPerSecond()
-		ratios = append(ratios, x)
-		q.parts = append(q.parts, fmt.Sprintf("%.2f", x))
-	}
-	if len(ratios) == 0 {
-		return q, false
-	}
-	slices.Sort(ratios)
-	q.median = ratios[len(ratios)/2]
-	return q, true
+	return medianRatio(r.pairs[num+"/"+den], true)
 }
 
 func (r *report) roundRatio(p load.Protocol, li int, num, den string) (roundRatio, bool) {
@@ -170,16 +154,31 @@ func (r *report) roundRatio(p load.Protocol, li int, num, den string) (roundRati
 		// Built by hand (tests): one round from the cells.
 		nr, dr = []*cell{r.cells[cellKey{p, li, num}]}, []*cell{r.cells[cellKey{p, li, den}]}
 	}
+	samples := make([]pairSample, min(len(nr), len(dr)))
+	for i := range samples {
+		samples[i] = pairSample{num: nr[i], den: dr[i]}
+	}
+	return medianRatio(samples, false)
+}
+
+// medianRatio is the median of the samples' num ÷ den req/s, skipping
+// failed ones. A round's part also shows both req/s; a pair's, measured
+// over 2 s, only the ratio.
+func medianRatio(samples []pairSample, paired bool) (roundRatio, bool) {
 	var ratios []float64
-	var q roundRatio
-	for i := range min(len(nr), len(dr)) {
-		n, d := nr[i], dr[i]
+	q := roundRatio{paired: paired}
+	for _, s := range samples {
+		n, d := s.num, s.den
 		if n == nil || d == nil || n.err != nil || d.err != nil || n.res == nil || d.res == nil || d.res.RequestsPerSecond() == 0 {
 			continue
 		}
 		x := n.res.RequestsPerSecond() / d.res.RequestsPerSecond()
 		ratios = append(ratios, x)
-		q.parts = append(q.parts, fmt.Sprintf("%.2f (%.0f ÷ %.0f)", x, n.res.RequestsPerSecond(), d.res.RequestsPerSecond()))
+		if paired {
+			q.parts = append(q.parts, fmt.Sprintf("%.2f", x))
+		} else {
+			q.parts = append(q.parts, fmt.Sprintf("%.2f (%.0f ÷ %.0f)", x, n.res.RequestsPerSecond(), d.res.RequestsPerSecond()))
+		}
 	}
 	if len(ratios) == 0 {
 		return q, false
